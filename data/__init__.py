@@ -1,0 +1,1 @@
+"""persona.data: raw footage -> datasets (frames + captions, voice clips + transcripts)."""

@@ -1,0 +1,1 @@
+"""persona.inference: the persona pack + a topic -> a finished explainer video."""

@@ -1,0 +1,205 @@
+"""The `persona` command: a thin click layer over library functions that work from Python too."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from persona import __version__
+from persona.errors import PersonaError
+from persona.progress import quiet_libraries
+
+# Offline first: a model is never downloaded implicitly (see `persona doctor`).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+quiet_libraries()
+
+CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
+
+
+class Ctx:
+    def __init__(self, workspace: Path | None, debug: bool):
+        self.workspace_dir = workspace
+        self.debug = debug
+
+    def workspace(self):
+        from persona.workspace import Workspace
+
+        return Workspace.find(self.workspace_dir)
+
+    def workspace_or_none(self):
+        """The workspace if there is one; a broken persona.toml is still an error."""
+        from persona.errors import WorkspaceNotFound
+
+        try:
+            return self.workspace()
+        except WorkspaceNotFound:
+            if self.workspace_dir is not None:
+                raise
+            return None
+
+
+def emit(summary: dict[str, Any], as_json: bool) -> None:
+    """The machine-readable summary goes to stdout; people read stderr."""
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+
+
+@click.group(context_settings=CONTEXT)
+@click.option("-w", "--workspace", type=click.Path(file_okay=False, path_type=Path),
+              help="Workspace folder (default: the nearest folder upwards holding persona.toml).")
+@click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.version_option(__version__, prog_name="persona")
+@click.pass_context
+def cli(ctx: click.Context, workspace: Path | None, debug: bool) -> None:
+    """Build a digital likeness of one consenting person and make short explainer videos with it.
+
+    \b
+    Typical session:
+      persona init "Michael Pound"        create a workspace with a consent record
+      persona doctor                      what this machine has and what is missing
+      persona demo --keep /tmp/demo       run everything on tiny offline models
+    """
+    ctx.obj = Ctx(workspace, debug)
+
+
+# ------------------------------------------------------------------------------------------------
+@cli.command(context_settings=CONTEXT)
+@click.argument("name")
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--token", help="Trigger token (default: derived from NAME, e.g. MichaelPound).")
+@click.option("--person", help="Consent: the person whose likeness this is (default: NAME).")
+@click.option("--granted-by", help="Consent: who gave it (the person, or a legal guardian).")
+@click.option("--consent-date", type=click.DateTime(["%Y-%m-%d"]), help="Consent: date given (default: today).")
+@click.option("--scope", help="Consent: what the likeness may be used for.")
+@click.option("--consent-reference", help="Consent: where the signed record is kept (file, URL, id).")
+@click.option("--no-consent", is_flag=True, help="Create the workspace without consent (ingest only; training refuses).")
+@json_option
+def init(name: str, directory: Path | None, token: str | None, person: str | None, granted_by: str | None,
+         consent_date: dt.datetime | None, scope: str | None, consent_reference: str | None, no_consent: bool,
+         as_json: bool) -> None:
+    """Create a workspace (a folder with persona.toml) for the person NAME.
+
+    DIRECTORY defaults to a folder named after NAME in the current directory. Consent is asked for
+    in a terminal, or taken from the flags; training and rendering refuse a workspace without it.
+
+    \b
+    Examples:
+      persona init "Michael Pound"
+      persona init "Michael Pound" mikebot --granted-by "Michael Pound" \\
+          --scope "educational explainer videos" --consent-date 2025-05-01
+    """
+    from persona.progress import info, warn
+    from persona.workspace import Consent, Workspace, slugify
+
+    directory = directory or Path(slugify(name))
+    consent = None
+    if not no_consent:
+        interactive = sys.stdin.isatty()
+        person = person or name
+        if interactive:
+            granted_by = granted_by or click.prompt("Consent granted by", default=person, err=True)
+            scope = scope or click.prompt("Scope of use (what the likeness may be used for)", err=True)
+        if not granted_by or not scope:
+            raise PersonaError(
+                "consent is required: who granted it and for what",
+                fix='pass --granted-by "NAME" --scope "WHAT FOR" (or run in a terminal to be asked, or --no-consent)',
+            )
+        consent = Consent(person=person, granted_by=granted_by, scope=scope,
+                          date=(consent_date.date() if consent_date else dt.date.today()), reference=consent_reference)
+    ws = Workspace.create(directory, name, token=token, consent=consent)
+    info(f"created {ws.manifest_path} (token [bold]{ws.token}[/bold])")
+    if consent is None:
+        warn("no consent recorded: add [consent] to persona.toml before training or rendering")
+    emit({"workspace": str(ws.root), "manifest": str(ws.manifest_path), "name": ws.name, "token": ws.token,
+          "consent": ws.pack.consent.model_dump(mode="json") if ws.pack.consent else None}, as_json)
+
+
+# ------------------------------------------------------------------------------------------------
+@cli.command(context_settings=CONTEXT)
+@json_option
+@click.pass_obj
+def doctor(ctx: Ctx, as_json: bool) -> None:
+    """Show what this machine has: GPU, FFmpeg, disk, and every model per stage.
+
+    Missing models come with the exact command that fetches them on a machine with internet.
+    Nothing is downloaded. Always exits 0.
+
+    \b
+    Examples:
+      persona doctor
+      persona -w mikebot doctor --json
+    """
+    from persona import doctor as doc
+
+    report = doc.diagnose(ctx.workspace_or_none())
+    if as_json:
+        emit(report, True)
+    else:
+        doc.render(report)
+
+
+# ------------------------------------------------------------------------------------------------
+@cli.command(context_settings=CONTEXT)
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path),
+              help="Work in DIR and keep it (workspace, tiny models, footage, outputs).")
+@json_option
+def demo(keep: Path | None, as_json: bool) -> None:
+    """Run every verb end to end on tiny random-weight models and demo footage, offline, on CPU.
+
+    The footage is made from material inside installed wheels (scikit-image's public-domain NASA
+    astronaut portrait, animated; the f5-tts example recording with its transcript). Outputs are
+    meaningless pictures and noise: the demo checks the plumbing, not the quality.
+
+    \b
+    Examples:
+      persona demo
+      persona demo --keep /tmp/demo --json
+    """
+    from persona.demo import run_demo
+
+    summary = run_demo(keep)
+    emit(summary, as_json)
+
+
+# ------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        rv = cli.main(args=args, prog_name="persona", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except PersonaError as e:
+        if debug:
+            raise
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished work is kept; run the same command again to resume", err=True)
+        sys.exit(130)
+    except Exception as e:  # a bug or an upstream failure: one line unless --debug
+        if debug:
+            raise
+        click.echo(f"error: {e.__class__.__name__}: {e} (run with --debug for the traceback)", err=True)
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

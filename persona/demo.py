@@ -1,0 +1,182 @@
+"""`persona demo`: every verb end to end on tiny random-weight models and footage made offline.
+
+The footage comes from material that already ships inside installed wheels: scikit-image's
+public-domain NASA astronaut portrait (the persona) and its "cameraman" photo (someone else),
+animated with slow zooms and pans, with the f5-tts example recording (whose transcript is known)
+as the speech. Each step prints its result and time; the workspace is left under --keep DIR.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rich.markup import escape
+
+from persona.progress import console, quiet_libraries
+
+DEMO_NAME = "Demo Astronaut"
+SPEECH_TEXT = "Some call me nature, others call me mother nature."
+FPS = 25
+SIZE = (640, 360)  # width, height
+
+
+def speech_wav() -> Path:
+    return Path(str(files("f5_tts").joinpath("infer/examples/basic/basic_ref_en.wav")))
+
+
+def _portrait() -> np.ndarray:
+    from skimage import data
+
+    return data.astronaut()
+
+
+def _other_person() -> np.ndarray:
+    from skimage import data
+
+    return np.repeat(data.camera()[..., None], 3, axis=2)
+
+
+def _ken_burns(image: np.ndarray, n: int, start: tuple[float, float, float], end: tuple[float, float, float],
+               mirror: bool = False) -> list[np.ndarray]:
+    """Frames moving a 16:9 window from (cx, cy, width) `start` to `end`, in image pixels."""
+    from PIL import Image
+
+    src = Image.fromarray(image[:, ::-1] if mirror else image)
+    frames = []
+    for i in range(n):
+        a = i / max(n - 1, 1)
+        cx, cy, w = (s + (e - s) * a for s, e in zip(start, end))
+        h = w * SIZE[1] / SIZE[0]
+        box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+        frames.append(np.asarray(src.resize(SIZE, Image.Resampling.BICUBIC, box=box)))
+    return frames
+
+
+def make_footage(folder: str | Path) -> dict[str, Any]:
+    """Write demo footage: two videos with the persona (one also shows someone else) and a speech file.
+
+    Returns paths plus ground truth: per video, the seconds where the persona is on screen.
+    """
+    from persona.media import read_audio, write_audio, write_video
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sr = 24000
+    speech = read_audio(speech_wav(), sr)
+    pad = np.zeros(int(0.35 * sr), np.float32)
+    track = np.concatenate([pad, speech, pad])  # ~6 s
+    seconds = len(track) / sr
+    n = int(seconds * FPS)
+    astronaut, other = _portrait(), _other_person()
+
+    lecture = _ken_burns(astronaut, n, (256, 200, 500), (235, 150, 230))
+    half = n // 2
+    interview = (_ken_burns(other, half, (256, 230, 480), (250, 200, 360))
+                 + _ken_burns(astronaut, n - half, (285, 160, 300), (275, 175, 380), mirror=True))
+    out = {
+        "lecture": write_video(folder / "lecture.mp4", lecture, FPS, audio=track, sr=sr),
+        "interview": write_video(folder / "interview.mp4", interview, FPS, audio=track, sr=sr),
+        "speech": write_audio(folder / "speech.wav", track, sr),
+    }
+    return {
+        "files": {k: str(v) for k, v in out.items()},
+        "persona_on_screen": {"lecture.mp4": [(0.0, n / FPS)], "interview.mp4": [(half / FPS, n / FPS)]},
+        "transcript": SPEECH_TEXT,
+        "seconds": round(seconds, 2),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Demo:
+    root: Path
+    results: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
+    footage: dict[str, Any] = field(default_factory=dict)
+    workspace: Any = None
+
+
+def step_models(d: Demo) -> str:
+    from persona import tiny
+
+    d.models = {k: str(v) for k, v in tiny.build_all(d.root / "models").items()}
+    return f"{len(d.models)} tiny model families in {d.root / 'models'}"
+
+
+def step_footage(d: Demo) -> str:
+    d.footage = make_footage(d.root / "footage")
+    return f"{len(d.footage['files'])} files, {d.footage['seconds']} s each, in {d.root / 'footage'}"
+
+
+def step_init(d: Demo) -> str:
+    from persona.workspace import Consent, Workspace
+
+    ws_dir = d.root / "workspace"
+    if (ws_dir / "persona.toml").exists():
+        d.workspace = Workspace(ws_dir)
+    else:
+        consent = Consent(
+            person=DEMO_NAME, granted_by="persona demo (public-domain NASA portrait from scikit-image)",
+            date=dt.date.today(), scope="offline demo of the pipeline on random-weight models; no likeness is produced",
+        )
+        d.workspace = Workspace.create(ws_dir, DEMO_NAME, consent=consent)
+    d.workspace.update("models", d.models, replace=True)
+    return f"{d.workspace.manifest_path} (token {d.workspace.token}), [models] -> tiny models"
+
+
+def step_doctor(d: Demo) -> str:
+    from persona.doctor import diagnose
+
+    report = diagnose(d.workspace)
+    found = [m["key"] for m in report["models"] if m["found"]]
+    missing = [m["key"] for m in report["models"] if not m["found"]]
+    d.results["doctor_missing"] = missing
+    return f"{len(found)} models found through [models]" + (f"; not needed by the demo: {', '.join(missing)}" if missing else "")
+
+
+STEPS: list[tuple[str, Callable[[Demo], str]]] = [
+    ("tiny models", step_models),
+    ("footage", step_footage),
+    ("init", step_init),
+    ("doctor", step_doctor),
+]
+
+
+def run_demo(keep: Path | None = None) -> dict[str, Any]:
+    tmp = None
+    if keep is None:
+        tmp = tempfile.TemporaryDirectory(prefix="persona-demo-")
+        root = Path(tmp.name)
+    else:
+        root = Path(keep).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+    quiet_libraries()
+    d = Demo(root)
+    timings: dict[str, float] = {}
+    steps: dict[str, str] = {}
+    t_all = time.perf_counter()
+    try:
+        for name, fn in STEPS:
+            t0 = time.perf_counter()
+            with console.status(f"{name} ..."):
+                result = fn(d)
+            timings[name] = round(time.perf_counter() - t0, 2)
+            steps[name] = result
+            console.print(f"[green]✓[/green] [bold]{name}[/bold] ({timings[name]:.1f} s): {escape(result)}")
+        total = round(time.perf_counter() - t_all, 2)
+        console.print(f"demo finished in {total:.1f} s" + (f"; everything is in {root}" if keep else ""))
+        return {"root": str(root) if keep else None, "kept": keep is not None, "steps": steps, "seconds": timings,
+                "total_seconds": total, "workspace": str(d.workspace.root) if d.workspace and keep else None,
+                **{k: v for k, v in d.results.items()}}
+    finally:
+        if tmp is not None:
+            tmp.cleanup()

@@ -1,0 +1,104 @@
+"""Small file helpers every stage shares: atomic writes, content hashes, JSON records."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
+
+    A killed or failed write therefore never leaves a half-written file under the final name.
+    The temporary name keeps the final suffix so libraries that pick a format from it still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix or path.suffix + ".part")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def read_json(path: str | Path, default: Any = None) -> Any:
+    path = Path(path)
+    if not path.exists():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        # A record that cannot be parsed is treated as absent: the work it describes is redone.
+        return default
+
+
+def hash_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_json(obj: Any) -> str:
+    """A stable hash of JSON-able data (settings, prompts, upstream hashes)."""
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def hash_tree(root: str | Path, pattern: str = "*") -> str:
+    """A hash of every file under `root` matching `pattern` (names and contents)."""
+    root = Path(root)
+    h = hashlib.blake2b(digest_size=16)
+    for p in sorted(root.rglob(pattern)):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode())
+            h.update(hash_file(p).encode())
+    return h.hexdigest()
+
+
+def record_path(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + ".json")
+
+
+def is_fresh(output: str | Path, key: str) -> bool:
+    """True when `output` exists and was made from inputs hashing to `key`.
+
+    Each stage writes `<output>.json` beside its output with the hash of everything it was made
+    from; a re-run with the same inputs skips the work, an edited input redoes it.
+    """
+    output = Path(output)
+    rec = read_json(record_path(output), default={})
+    return output.exists() and rec.get("key") == key
+
+
+def mark_fresh(output: str | Path, key: str, **info: Any) -> None:
+    """Record that `output` (already written) was made from inputs hashing to `key`."""
+    write_json(record_path(output), {"key": key, **info})

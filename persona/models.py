@@ -1,0 +1,263 @@
+"""Every model the toolkit uses, and where to find it on this machine. Nothing is ever downloaded.
+
+Resolution order for a model key: an explicit path (a CLI flag, or `[models]` in persona.toml) →
+the environment variable `PERSONA_<KEY>` → the local Hugging Face cache. `persona doctor` prints,
+per stage, what was found and the exact command that fetches what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from persona.errors import PersonaError
+
+Kind = Literal["repo", "file", "checkout"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    key: str
+    title: str
+    stages: tuple[str, ...]
+    licence: str
+    kind: Kind = "repo"
+    repos: tuple[str, ...] = ()  # Hugging Face repo ids; the first is the default, others are accepted
+    include: tuple[str, ...] = ()  # download patterns (None = whole repo)
+    required: tuple[str, ...] = ()  # files that must exist in a resolved folder (or the file itself)
+    file: str | None = None  # for one file inside a repo: its path in the repo
+    gated: bool = False
+    url: str | None = None  # where to get it when it is not on the Hub
+    note: str = ""
+    size_gb: float = 0.0
+
+    @property
+    def env(self) -> str:
+        return "PERSONA_" + self.key.upper().replace("-", "_")
+
+    def fetch_command(self) -> str:
+        if self.kind == "checkout":
+            return f"git clone {self.url} && export {self.env}=$PWD/{Path(self.url or '').stem}"
+        if not self.repos:
+            return f"download {self.url} and set {self.env}=/path/to/{Path(self.url or 'model').name}"
+        parts = ["hf", "download", self.repos[0]]
+        if self.file:
+            parts.append(self.file)
+        for pattern in self.include:
+            parts += ["--include", f"'{pattern}'"]
+        cmd = " ".join(parts)
+        if self.gated:
+            cmd = f"accept the licence at https://huggingface.co/{self.repos[0]}, `hf auth login`, then `{cmd}`"
+        return cmd
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    m.key: m
+    for m in [
+        ModelSpec(
+            "flux",
+            "FLUX.1-dev (transformer, VAE, CLIP-L and T5-XXL encoders), diffusers layout",
+            ("train-lora", "render: keyframes"),
+            "FLUX.1 [dev] Non-Commercial License",
+            repos=("black-forest-labs/FLUX.1-dev",),
+            include=("model_index.json", "scheduler/*", "text_encoder/*", "text_encoder_2/*", "tokenizer/*",
+                     "tokenizer_2/*", "transformer/*", "vae/*"),
+            required=("model_index.json", "transformer/config.json", "vae/config.json"),
+            gated=True,
+            size_gb=34,
+        ),
+        ModelSpec(
+            "wan-i2v",
+            "Wan 2.1 image-to-video 14B 480P, diffusers layout",
+            ("render: video",),
+            "Apache-2.0",
+            repos=("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers"),
+            required=("model_index.json", "transformer/config.json", "image_encoder/config.json"),
+            size_gb=80,
+        ),
+        ModelSpec(
+            "wan-flf2v",
+            "Wan 2.1 first-last-frame-to-video 14B 720P (anchors long scenes to the keyframe)",
+            ("render: video (anchor = first-last-frame)",),
+            "Apache-2.0",
+            repos=("Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers",),
+            required=("model_index.json", "transformer/config.json"),
+            size_gb=80,
+        ),
+        ModelSpec(
+            "f5-tts",
+            "F5-TTS v1 Base checkpoint and its vocab",
+            ("train-voice", "speak", "render: narration"),
+            "CC-BY-NC-4.0",
+            repos=("SWivid/F5-TTS",),
+            include=("F5TTS_v1_Base/model_1250000.safetensors", "F5TTS_v1_Base/vocab.txt"),
+            required=("F5TTS_v1_Base/model_1250000.safetensors",),
+            size_gb=1.4,
+        ),
+        ModelSpec(
+            "vocos",
+            "Vocos mel vocoder, 24 kHz (F5-TTS's vocoder)",
+            ("train-voice", "speak", "render: narration"),
+            "MIT",
+            repos=("charactr/vocos-mel-24khz",),
+            required=("config.yaml", "pytorch_model.bin"),
+            size_gb=0.05,
+        ),
+        ModelSpec(
+            "florence2",
+            "Florence-2 captioner (transformers-native checkpoint)",
+            ("ingest: captions",),
+            "MIT",
+            repos=("florence-community/Florence-2-large", "florence-community/Florence-2-base"),
+            required=("config.json", "tokenizer_config.json"),
+            size_gb=1.6,
+        ),
+        ModelSpec(
+            "whisper",
+            "Whisper large-v3 in CTranslate2 format (faster-whisper, used by whisperx)",
+            ("ingest: transcripts",),
+            "MIT",
+            repos=("Systran/faster-whisper-large-v3", "Systran/faster-whisper-medium.en", "Systran/faster-whisper-small"),
+            required=("model.bin", "config.json"),
+            size_gb=3.1,
+        ),
+        ModelSpec(
+            "align-en",
+            "wav2vec2 CTC model for English word alignment (whisperx.align)",
+            ("ingest: transcripts",),
+            "Apache-2.0",
+            repos=("facebook/wav2vec2-base-960h",),
+            include=("*.json", "*.safetensors", "vocab.json"),
+            required=("config.json", "vocab.json"),
+            size_gb=0.4,
+        ),
+        ModelSpec(
+            "llm",
+            "an instruct LLM for the local-transformers script backend (Ollama or an OpenAI-compatible server also work)",
+            ("render: script",),
+            "Apache-2.0",
+            repos=("Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-3B-Instruct"),
+            required=("config.json", "tokenizer.json"),
+            size_gb=15,
+        ),
+        ModelSpec(
+            "film",
+            "FILM frame interpolation, TorchScript export (film_net_fp32.pt)",
+            ("render: interpolate",),
+            "Apache-2.0",
+            kind="file",
+            url="https://github.com/dajes/frame-interpolation-pytorch/releases/download/v1.0.0/film_net_fp32.pt",
+            note="without it, render falls back to ffmpeg minterpolate",
+            size_gb=0.14,
+        ),
+        ModelSpec(
+            "upscaler",
+            "a single-image super-resolution model spandrel loads (e.g. 4x-LSDIR, ESRGAN), as .safetensors or .pth",
+            ("render: upscale",),
+            "see the model's page (4x-LSDIR: CC-BY-4.0)",
+            kind="file",
+            url="https://openmodeldb.info/models/4x-LSDIR",
+            note="without it, render resizes with Lanczos",
+            size_gb=0.07,
+        ),
+        ModelSpec(
+            "latentsync",
+            "LatentSync 1.5/1.6 checkout with its checkpoints, in its own Python environment",
+            ("render: lip sync",),
+            "Apache-2.0 (code); see its checkpoints' licences",
+            kind="checkout",
+            url="https://github.com/bytedance/LatentSync",
+            required=("scripts/inference.py",),
+            note="without it, on-camera scenes keep their unsynced video",
+        ),
+        ModelSpec(
+            "sd-scripts",
+            "kohya-ss sd-scripts checkout (second LoRA backend)",
+            ("train-lora --backend kohya",),
+            "Apache-2.0",
+            kind="checkout",
+            url="https://github.com/kohya-ss/sd-scripts",
+            required=("flux_train_network.py",),
+            note="only needed for --backend kohya",
+        ),
+    ]
+}
+
+
+@dataclass
+class Located:
+    key: str
+    path: Path
+    source: str  # "explicit", "[models]", "env", "hf-cache"
+    repo: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def spec(key: str) -> ModelSpec:
+    try:
+        return REGISTRY[key]
+    except KeyError:
+        raise PersonaError(f"unknown model key {key!r}", fix=f"use one of: {', '.join(REGISTRY)}") from None
+
+
+def _missing_files(m: ModelSpec, path: Path) -> list[str]:
+    if path.is_file():
+        return []
+    return [r for r in m.required if not (path / r).exists()]
+
+
+def _from_hf_cache(m: ModelSpec) -> Located | None:
+    if m.kind != "repo":
+        return None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    for repo in m.repos:
+        try:
+            folder = Path(snapshot_download(repo, local_files_only=True))
+        except (LocalEntryNotFoundError, OSError, ValueError):
+            continue
+        path = folder / m.file if m.file else folder
+        if path.exists() and not _missing_files(m, path):
+            return Located(m.key, path, "hf-cache", repo=repo)
+    return None
+
+
+def find(key: str, explicit: str | Path | None = None, models: dict[str, str] | None = None) -> Located | None:
+    """Where `key` is on this machine, or None. `models` is the workspace's [models] table."""
+    m = spec(key)
+    candidates: list[tuple[str, str]] = []
+    if explicit:
+        candidates.append(("explicit", str(explicit)))
+    if models and models.get(key):
+        candidates.append(("[models]", models[key]))
+    if os.environ.get(m.env):
+        candidates.append(("env", os.environ[m.env]))
+    for source, raw in candidates:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            return Located(key, path, source, problems=[f"{path} does not exist"])
+        missing = _missing_files(m, path)
+        if missing:
+            return Located(key, path, source, problems=[f"{path} lacks {', '.join(missing)}"])
+        return Located(key, path, source)
+    return _from_hf_cache(m)
+
+
+def locate(key: str, explicit: str | Path | None = None, models: dict[str, str] | None = None) -> Path:
+    """The path of `key`, or a PersonaError that says how to get it."""
+    m = spec(key)
+    found = find(key, explicit, models)
+    if found is not None and not found.problems:
+        return found.path
+    if found is not None:
+        raise PersonaError(
+            f"{m.title}: {'; '.join(found.problems)} (from {found.source})",
+            fix=f"point it at a complete copy; `persona doctor` shows what is expected",
+        )
+    raise PersonaError(
+        f"{m.title} not found (looked at [models].{key} in persona.toml, ${m.env}, and the Hugging Face cache)",
+        fix=f"{m.fetch_command()}; `persona doctor` lists every model",
+    )

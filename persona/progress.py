@@ -1,0 +1,114 @@
+"""Progress and messages on stderr, so stdout stays clean for `--json` summaries."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+T = TypeVar("T")
+
+_warned: set[str] = set()
+
+
+def quiet_libraries() -> None:
+    """Silence upstream chatter (weight-loading bars, optional-kernel notices); persona shows its own
+    progress. Environment variables are read when those libraries are imported, so nothing is imported here."""
+    import logging
+    import os
+
+    for var in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_NO_ADVISORY_WARNINGS"):
+        os.environ.setdefault(var, "1")
+    for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+        os.environ.setdefault(var, "error")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+def info(message: str) -> None:
+    console.print(message)
+
+
+def warn(message: str, once: bool = False) -> None:
+    """A warning line; with once=True the same text is shown only once per process."""
+    if once:
+        if message in _warned:
+            return
+        _warned.add(message)
+    console.print(f"[yellow]warning:[/yellow] {message}")
+
+
+def _bar(extra: str = "") -> Progress:
+    columns: list[Any] = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    ]
+    if extra:
+        columns.append(TextColumn(extra))
+    return Progress(*columns, console=console, transient=False, disable=not console.is_terminal)
+
+
+def track(items: Iterable[T], description: str, total: float | None = None) -> Iterator[T]:
+    """Iterate with a progress bar (elapsed time and ETA)."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    with _bar() as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)
+
+
+class Meter:
+    """A progress bar advanced by hand, with free-form status (e.g. loss, steps/s)."""
+
+    def __init__(self, bar: Progress, task: Any):
+        self._bar, self._task = bar, task
+
+    def advance(self, n: float = 1, **status: Any) -> None:
+        self._bar.update(self._task, advance=n, status=_format_status(status))
+
+    def update(self, completed: float, **status: Any) -> None:
+        self._bar.update(self._task, completed=completed, status=_format_status(status))
+
+
+def _format_status(status: dict[str, Any]) -> str:
+    parts = []
+    for k, v in status.items():
+        parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
+    return "  ".join(parts)
+
+
+@contextlib.contextmanager
+def meter(description: str, total: float | None, completed: float = 0) -> Iterator[Meter]:
+    with _bar("{task.fields[status]}") as bar:
+        task = bar.add_task(description, total=total, completed=completed, status="")
+        yield Meter(bar, task)
+
+
+@contextlib.contextmanager
+def timed(label: str, results: dict[str, float] | None = None) -> Iterator[None]:
+    """Time a block; store seconds in `results[label]` when given."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        if results is not None:
+            results[label] = round(time.perf_counter() - t0, 3)

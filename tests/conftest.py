@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny models built once per session, synthetic footage, real media when present.
+
+Tests run offline: HF_HUB_OFFLINE=1 makes any accidental download fail loudly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from persona.progress import quiet_libraries  # noqa: E402
+
+quiet_libraries()
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MEDIA = Path(os.environ.get("PERSONA_SHARED_MEDIA", REPO.parent / "shared" / "media"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Every tiny model family, in the real on-disk layouts: {registry key: path for [models]}."""
+    from persona import tiny
+
+    return tiny.build_all(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def demo_footage(tmp_path_factory) -> dict:
+    from persona.demo import make_footage
+
+    return make_footage(tmp_path_factory.mktemp("footage"))
+
+
+@pytest.fixture
+def make_workspace(tmp_path, tiny_models):
+    """Factory: a workspace with consent and [models] pointing at the tiny models."""
+    from persona.workspace import Consent, Workspace
+
+    def make(name: str = "Test Person", consent: bool = True, models: bool = True) -> Workspace:
+        c = Consent(person=name, granted_by=name, date=dt.date(2025, 5, 1), scope="tests") if consent else None
+        ws = Workspace.create(tmp_path / "ws", name, consent=c)
+        if models:
+            ws.update("models", {k: str(v) for k, v in tiny_models.items()}, replace=True)
+        return ws
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def shared_media() -> Path:
+    if not SHARED_MEDIA.is_dir():
+        pytest.skip(f"real media not found at {SHARED_MEDIA} (../shared/media is absent on this machine)")
+    return SHARED_MEDIA

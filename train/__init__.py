@@ -1,0 +1,1 @@
+"""persona.train: datasets -> the persona pack (likeness LoRA, fine-tuned voice)."""
