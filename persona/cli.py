@@ -172,6 +172,37 @@ def demo(keep: Path | None, as_json: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+@cli.command(context_settings=CONTEXT)
+@click.argument("text")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("speech.wav"),
+              show_default=True, help="Where to write the wav (24 kHz mono).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Noise seed (same seed, same take).")
+@click.option("--steps", type=int, default=32, show_default=True, help="Flow-matching steps (fewer is faster, rougher).")
+@click.option("--speed", type=float, default=1.0, show_default=True, help="Speaking rate.")
+@json_option
+@click.pass_obj
+def speak(ctx: Ctx, text: str, output: Path, seed: int, steps: int, speed: float, as_json: bool) -> None:
+    """Say TEXT in the persona's trained voice (F5-TTS, fully offline).
+
+    Uses the pack's [voice] checkpoint, its reference clip and transcript, and the local Vocos
+    vocoder; nothing is downloaded or transcribed.
+
+    \b
+    Examples:
+      persona speak "Today we look at how computers see." -o hello.wav
+      persona -w mikebot speak "Hello" --seed 3 --json
+    """
+    from persona.inference.speech import speak as say
+    from persona.progress import console, info
+
+    ws = ctx.workspace()
+    with console.status("speaking ..."):
+        summary = say(ws, text, output, seed=seed, steps=steps, speed=speed)
+    info(f"wrote {output} ({summary['seconds']:.2f} s)")
+    emit(summary, as_json)
+
+
+# ------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args

@@ -57,3 +57,23 @@ def shared_media() -> Path:
     if not SHARED_MEDIA.is_dir():
         pytest.skip(f"real media not found at {SHARED_MEDIA} (../shared/media is absent on this machine)")
     return SHARED_MEDIA
+
+
+@pytest.fixture
+def voice_pack(make_workspace, tiny_models):
+    """A workspace whose [voice] is the tiny F5-TTS checkpoint with the f5-tts example reference clip
+    (the layout `persona train-voice` exports)."""
+    import shutil
+
+    from persona.demo import SPEECH_TEXT, speech_wav
+
+    ws = make_workspace()
+    voice = ws.root / "voice"
+    voice.mkdir()
+    src = tiny_models["f5-tts"] / "F5TTS_v1_Base"
+    for name in ("model_1250000.safetensors", "vocab.txt", "model_config.json"):
+        shutil.copy(src / name, voice / ("model.safetensors" if name.endswith(".safetensors") else name))
+    shutil.copy(speech_wav(), voice / "ref.wav")
+    ws.update("voice", {"checkpoint": "voice/model.safetensors", "vocab": "voice/vocab.txt",
+                        "reference_audio": "voice/ref.wav", "reference_text": SPEECH_TEXT})
+    return ws
