@@ -203,6 +203,56 @@ def speak(ctx: Ctx, text: str, output: Path, seed: int, steps: int, speed: float
 
 
 # ------------------------------------------------------------------------------------------------
+@cli.command(context_settings=CONTEXT)
+@click.argument("topic", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--script", "script_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Render this script.json instead of asking the LLM.")
+@click.option("--name", help="Render folder name under renders/ (default: the topic or script file name).")
+@click.option("--profile", default="auto", show_default=True,
+              help="VRAM profile recipe: auto, cpu, 12gb, 16gb, 24gb, 48gb, 80gb, demo, or a .toml path.")
+@click.option("--aspect", type=click.Choice(["16:9", "9:16"]), help="Frame shape.")
+@click.option("--seed", type=int, help="Base seed (scene seeds derive from it and the scene's content).")
+@click.option("--llm", "llm_backend", type=click.Choice(["ollama", "openai", "transformers"]), help="Script backend.")
+@click.option("--llm-url", help="Ollama or OpenAI-compatible server URL.")
+@click.option("--llm-model", help="Model name on that server.")
+@click.option("--anchor", type=click.Choice(["first-last", "restart"]), help="How long scenes stay anchored to their keyframe.")
+@click.option("--burn-subtitles", is_flag=True, default=None, help="Draw the subtitles into the picture as well.")
+@click.option("--until", type=click.Choice(["script", "narration", "keyframes", "video", "assemble"]),
+              help="Stop after this stage (e.g. review the script or keyframes first).")
+@json_option
+@click.pass_obj
+def render(ctx: Ctx, topic: Path | None, script_file: Path | None, name: str | None, profile: str,
+           aspect: str | None, seed: int | None, llm_backend: str | None, llm_url: str | None, llm_model: str | None,
+           anchor: str | None, burn_subtitles: bool | None, until: str | None, as_json: bool) -> None:
+    """Turn TOPIC (a text file) into an explainer video of the persona: renders/NAME/final.mp4.
+
+    Stages: script (LLM) -> narration (the trained voice) -> keyframes (FLUX + LoRA) -> video
+    (Wan 2.1) -> assembly (+ final.srt). renders/NAME/script.json can be edited and rendered again:
+    only the scenes that changed are redone, and a killed render resumes where it stopped.
+
+    \b
+    Examples:
+      persona render topic.txt
+      persona render topic.txt --until keyframes      # review before the slow video stage
+      persona render --name topic                     # re-render after editing its script.json
+      persona render --script my_script.json --profile 24gb --aspect 9:16
+      persona render topic.txt --llm openai --llm-url http://localhost:8000 --llm-model qwen2.5
+    """
+    from persona.inference.render import render as run
+
+    overrides = {"aspect": aspect, "seed": seed,
+                 "script": {"backend": llm_backend, "url": llm_url, "model": llm_model},
+                 "video": {"anchor": anchor}, "assembly": {"burn_subtitles": burn_subtitles}}
+    summary = run(ctx.workspace(), topic, script_file=script_file, name=name, profile=profile,
+                  overrides=overrides, until=until)
+    if summary["final"]:
+        from persona.progress import info
+
+        info(f"wrote {summary['final']}")
+    emit(summary, as_json)
+
+
+# ------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args

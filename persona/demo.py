@@ -13,7 +13,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -22,27 +21,11 @@ import numpy as np
 from rich.markup import escape
 
 from persona.progress import console, quiet_libraries
+from persona.samples import SPEECH_TEXT, other_person, portrait, speech_wav  # noqa: F401 (re-exported)
 
 DEMO_NAME = "Demo Astronaut"
-SPEECH_TEXT = "Some call me nature, others call me mother nature."
 FPS = 25
 SIZE = (640, 360)  # width, height
-
-
-def speech_wav() -> Path:
-    return Path(str(files("f5_tts").joinpath("infer/examples/basic/basic_ref_en.wav")))
-
-
-def _portrait() -> np.ndarray:
-    from skimage import data
-
-    return data.astronaut()
-
-
-def _other_person() -> np.ndarray:
-    from skimage import data
-
-    return np.repeat(data.camera()[..., None], 3, axis=2)
 
 
 def _ken_burns(image: np.ndarray, n: int, start: tuple[float, float, float], end: tuple[float, float, float],
@@ -76,7 +59,7 @@ def make_footage(folder: str | Path) -> dict[str, Any]:
     track = np.concatenate([pad, speech, pad])  # ~6 s
     seconds = len(track) / sr
     n = int(seconds * FPS)
-    astronaut, other = _portrait(), _other_person()
+    astronaut, other = portrait(), other_person()
 
     lecture = _ken_burns(astronaut, n, (256, 200, 500), (235, 150, 230))
     half = n // 2

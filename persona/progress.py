@@ -34,7 +34,8 @@ def quiet_libraries() -> None:
         os.environ.setdefault(var, "1")
     for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
         os.environ.setdefault(var, "error")
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    for name in ("bitsandbytes", "torch.utils.cpp_extension"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def info(message: str) -> None:
@@ -85,8 +86,8 @@ class Meter:
     def advance(self, n: float = 1, **status: Any) -> None:
         self._bar.update(self._task, advance=n, status=_format_status(status))
 
-    def update(self, completed: float, **status: Any) -> None:
-        self._bar.update(self._task, completed=completed, status=_format_status(status))
+    def update(self, completed: float | None = None, total: float | None = None, **status: Any) -> None:
+        self._bar.update(self._task, completed=completed, total=total, status=_format_status(status))
 
 
 def _format_status(status: dict[str, Any]) -> str:

@@ -428,6 +428,43 @@ def build_upscaler(out: Path, seed: int = 0) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# a tiny persona pack (what train-voice and train-lora would export), for tests and benchmarks
+# ---------------------------------------------------------------------------------------------
+def random_lora(flux: Path, out: Path, rank: int = 4, seed: int = 0) -> Path:
+    """A random LoRA for the tiny Flux transformer, saved in diffusers' format."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel.from_pretrained(flux, subfolder="transformer")
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                       target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    FluxPipeline.save_lora_weights(str(out.parent), transformer_lora_layers=get_peft_model_state_dict(transformer),
+                                   weight_name=out.name)
+    return out
+
+
+def fill_pack(ws, models: dict[str, Path]) -> None:
+    """Give a workspace a [voice] (the tiny F5 checkpoint with the f5-tts example reference clip)
+    and a [lora] (random), laid out as `persona train-voice` and `persona train-lora` export them."""
+    from persona.samples import SPEECH_TEXT, speech_wav
+
+    voice = ws.root / "voice"
+    voice.mkdir(exist_ok=True)
+    src = Path(models["f5-tts"]) / "F5TTS_v1_Base"
+    shutil.copy(src / "model_1250000.safetensors", voice / "model.safetensors")
+    shutil.copy(src / "vocab.txt", voice / "vocab.txt")
+    shutil.copy(src / "model_config.json", voice / "model_config.json")
+    shutil.copy(speech_wav(), voice / "ref.wav")
+    ws.update("voice", {"checkpoint": "voice/model.safetensors", "vocab": "voice/vocab.txt",
+                        "reference_audio": "voice/ref.wav", "reference_text": SPEECH_TEXT})
+    random_lora(Path(models["flux"]), ws.root / "lora" / "tiny.safetensors")
+    ws.update("lora", {"path": "lora/tiny.safetensors", "strength": 1.0})
+
+
+# ---------------------------------------------------------------------------------------------
 # all families
 # ---------------------------------------------------------------------------------------------
 FAMILIES: dict[str, Callable[[Path], Path]] = {

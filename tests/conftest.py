@@ -40,11 +40,11 @@ def demo_footage(tmp_path_factory) -> dict:
 @pytest.fixture
 def make_workspace(tmp_path, tiny_models):
     """Factory: a workspace with consent and [models] pointing at the tiny models."""
-    from persona.workspace import Consent, Workspace
+    from persona.workspace import Consent, Workspace, slugify
 
     def make(name: str = "Test Person", consent: bool = True, models: bool = True) -> Workspace:
         c = Consent(person=name, granted_by=name, date=dt.date(2025, 5, 1), scope="tests") if consent else None
-        ws = Workspace.create(tmp_path / "ws", name, consent=c)
+        ws = Workspace.create(tmp_path / slugify(name), name, consent=c)
         if models:
             ws.update("models", {k: str(v) for k, v in tiny_models.items()}, replace=True)
         return ws
@@ -62,18 +62,14 @@ def shared_media() -> Path:
 @pytest.fixture
 def voice_pack(make_workspace, tiny_models):
     """A workspace whose [voice] is the tiny F5-TTS checkpoint with the f5-tts example reference clip
-    (the layout `persona train-voice` exports)."""
-    import shutil
-
-    from persona.demo import SPEECH_TEXT, speech_wav
+    and whose [lora] is a random tiny LoRA (the layouts `persona train-voice` / `train-lora` export)."""
+    from persona import tiny
 
     ws = make_workspace()
-    voice = ws.root / "voice"
-    voice.mkdir()
-    src = tiny_models["f5-tts"] / "F5TTS_v1_Base"
-    for name in ("model_1250000.safetensors", "vocab.txt", "model_config.json"):
-        shutil.copy(src / name, voice / ("model.safetensors" if name.endswith(".safetensors") else name))
-    shutil.copy(speech_wav(), voice / "ref.wav")
-    ws.update("voice", {"checkpoint": "voice/model.safetensors", "vocab": "voice/vocab.txt",
-                        "reference_audio": "voice/ref.wav", "reference_text": SPEECH_TEXT})
+    tiny.fill_pack(ws, tiny_models)
     return ws
+
+
+@pytest.fixture
+def render_pack(voice_pack):
+    return voice_pack

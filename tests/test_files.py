@@ -13,6 +13,7 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_text("whole")
     assert target.read_text() == "whole" and list(tmp_path.iterdir()) == [target]
+    assert target.stat().st_mode & 0o044  # readable by others like any file written normally
 
 
 def test_freshness_records(tmp_path):

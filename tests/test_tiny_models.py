@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from persona import tiny
-from persona.demo import SPEECH_TEXT, speech_wav
+from persona.samples import SPEECH_TEXT, speech_wav
 from persona.media import read_audio
 
 

@@ -1,0 +1,134 @@
+"""Assembly: scenes joined into final.mp4 (H.264 + AAC), narration at -14 LUFS, final.srt with one
+cue per sentence (optionally burned in), and container metadata labelling the video AI-generated
+with the persona's name and consent reference."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from persona.files import write_text
+from persona.inference.plan import SceneDir
+from persona.media import iter_frames, probe, read_audio, write_video
+
+
+def srt_time(t: float) -> str:
+    ms = int(round(t * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d},{ms:03d}"
+
+
+def global_cues(timings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Scene-relative sentence cues shifted onto the final timeline."""
+    cues, offset = [], 0.0
+    for t in timings:
+        for c in t["cues"]:
+            cues.append({"text": c["text"], "start": offset + c["start"], "end": offset + c["end"]})
+        offset += t["frames"] / t["fps"]
+    return cues
+
+
+def srt(cues: list[dict[str, Any]]) -> str:
+    blocks = [f"{i}\n{srt_time(c['start'])} --> {srt_time(c['end'])}\n{c['text']}\n" for i, c in enumerate(cues, 1)]
+    return "\n".join(blocks)
+
+
+def normalise_loudness(audio: np.ndarray, sr: int, target_lufs: float, true_peak_db: float) -> tuple[np.ndarray, dict]:
+    """Gain to the target integrated loudness (ITU-R BS.1770 via pyloudnorm), then less gain if the
+    peak would pass `true_peak_db` (a plain gain, never a limiter, so speech is not distorted)."""
+    import pyloudnorm
+
+    meter = pyloudnorm.Meter(sr)
+    before = float(meter.integrated_loudness(audio)) if len(audio) > sr * 0.5 else float("-inf")
+    if not np.isfinite(before):
+        return audio, {"measured_lufs": None, "output_lufs": None, "gain_db": 0.0}
+    gain_db = target_lufs - before
+    peak = float(np.abs(audio).max()) or 1e-9
+    ceiling = 10 ** (true_peak_db / 20)
+    gain_db = min(gain_db, 20 * np.log10(ceiling / peak))
+    out = audio * np.float32(10 ** (gain_db / 20))
+    return out, {"measured_lufs": round(before, 2), "output_lufs": round(float(meter.integrated_loudness(out)), 2),
+                 "gain_db": round(float(gain_db), 2), "peak": round(float(np.abs(out).max()), 4)}
+
+
+def _subtitle_font(height: int):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=max(10, height // 18))  # Pillow's bundled FreeType font
+
+
+def burn_in(frame: np.ndarray, text: str, font: Any) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(frame)
+    draw = ImageDraw.Draw(image)
+    w, h = image.size
+    lines, line = [], ""
+    for word in text.split():  # wrap to ~85 % of the width
+        trial = f"{line} {word}".strip()
+        if draw.textlength(trial, font=font) > 0.85 * w and line:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    lines.append(line)
+    step = font.size * 1.25
+    y = h - step * len(lines) - h * 0.05
+    for ln in lines:
+        x = (w - draw.textlength(ln, font=font)) / 2
+        draw.text((x, y), ln, font=font, fill="white", stroke_width=max(1, font.size // 12), stroke_fill="black")
+        y += step
+    return np.asarray(image)
+
+
+def _frames(videos: list[Path], cues: list[dict[str, Any]], fps: float, burn: bool) -> Iterator[np.ndarray]:
+    n = 0
+    font = None
+    for path in videos:
+        for _, frame in iter_frames(path):
+            if burn:
+                t = n / fps
+                text = next((c["text"] for c in cues if c["start"] <= t < c["end"]), None)
+                if text:
+                    font = font or _subtitle_font(frame.shape[0])
+                    frame = burn_in(frame, text, font)
+            n += 1
+            yield frame
+
+
+def label(ws: Any, title: str) -> dict[str, str]:
+    consent = ws.pack.consent.summary() if ws.pack.consent else "no consent record"
+    return {
+        "title": title,
+        "comment": f"AI-generated video. The likeness and voice of {ws.name} were synthesised with persona; {consent}.",
+        "description": f"AI-generated explainer presented by a synthetic likeness of {ws.name}.",
+        "ai_generated": "true",
+        "persona": ws.name,
+        "consent": consent,
+        "generator": "persona",
+    }
+
+
+def run(scenes: list[SceneDir], videos: list[Path], timings: list[dict[str, Any]], ws: Any, settings: Any,
+        rdir: Any, title: str) -> dict[str, Any]:
+    import soxr
+
+    a = settings.assembly
+    narration = np.concatenate([read_audio(s.path("narration.wav"), 24000) for s in scenes])
+    audio = soxr.resample(narration, 24000, a.audio_rate).astype(np.float32)
+    audio, loudness = normalise_loudness(audio, a.audio_rate, a.loudness_lufs, a.true_peak_db)
+    fps = probe(videos[0]).fps
+    cues = global_cues(timings)
+    out = rdir.root / "final.mp4"
+    write_video(out, _frames(videos, cues, fps, a.burn_subtitles), fps, audio=audio, sr=a.audio_rate,
+                metadata=label(ws, title), crf=a.crf)
+    write_text(rdir.root / "final.srt", srt(cues))
+    info = probe(out)
+    return {"output": str(out), "subtitles": str(rdir.root / "final.srt"), "cues": len(cues), "fps": fps,
+            "size": [info.width, info.height], "seconds": round(info.duration, 3), "loudness": loudness,
+            "burned_subtitles": a.burn_subtitles}

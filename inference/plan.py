@@ -1,0 +1,215 @@
+"""Render settings, VRAM profiles, the render folder, and what each stage's output depends on.
+
+`renders/NAME/` holds script.json, scenes/NN/{narration.wav, keyframe.png,
+video.mp4, ...}, final.mp4, final.srt and render.json. Every scene artifact has a `<file>.json`
+record with the hash of its inputs (persona.files.is_fresh / mark_fresh): a re-render redoes only
+what changed, and a killed render resumes. Seeds come from the scene's own content, so editing or
+inserting one scene leaves the others' seeds (and outputs) alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from persona.files import atomic_path, hash_json, mark_fresh, read_json
+from persona.inference.script import Scene, ScriptSettings
+
+PROFILES_GB = (12, 16, 24, 48, 80)
+STAGES = ("script", "narration", "keyframes", "video", "assemble")
+
+
+class Memory(BaseModel):
+    """How a diffusion pipeline fits in VRAM (ignored on CPU, where everything stays in RAM)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    # model: whole components move to the GPU in turn; group: blocks stream in (CUDA streams);
+    # sequential: leaf by leaf (slowest, least VRAM)
+    offload: Literal["none", "model", "group", "sequential"] = "none"
+    # fp8: weights stored in float8 and upcast per layer (halves VRAM, runs anywhere);
+    # nf4: bitsandbytes 4-bit at load time (quarter VRAM, CUDA only)
+    quantize: Literal["none", "fp8", "nf4"] = "none"
+    vae_tiling: bool = False
+
+
+class NarrationSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = 32
+    speed: float = 1.0
+    sentence_pause: float = 0.25  # silence between sentences of a scene (s)
+    lead_in: float = 0.25  # silence before the first sentence of a scene (s)
+    tail: float = 0.45  # silence after the last sentence (s)
+    max_scene_seconds: float = 30.0
+    max_total_seconds: float = 240.0
+
+
+class KeyframeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    width: int = 1024  # for 16:9; swapped for 9:16
+    height: int = 576
+    steps: int = 28
+    guidance: float = 3.5
+    max_sequence_length: int = 512
+    lora_strength: float | None = None  # None: the pack's [lora].strength
+    memory: Memory = Field(default_factory=Memory)
+
+
+class VideoSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    width: int = 832  # Wan 2.1 480P, 16:9; swapped for 9:16
+    height: int = 480
+    fps: int = 16
+    steps: int = 30
+    guidance: float = 5.0
+    chunk_frames: int = Field(default=81, ge=5)  # Wan's longest clip; 4k+1
+    # first-last: every chunk runs keyframe -> keyframe (FLF2V checkpoint): no drift, seamless joins,
+    #   motion returns to the keyframe pose every chunk;
+    # restart: every chunk starts from the keyframe (I2V checkpoint): no drift, freer motion, a visible
+    #   jump back to the keyframe pose at each chunk boundary.
+    anchor: Literal["first-last", "restart"] = "first-last"
+    negative_prompt: str = ("blurry, distorted face, deformed hands, extra fingers, flicker, jitter, text, "
+                            "watermark, static frame, low quality")
+    max_sequence_length: int = 512
+    memory: Memory = Field(default_factory=Memory)
+
+
+class AssemblySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    loudness_lufs: float = -14.0
+    true_peak_db: float = -1.0
+    burn_subtitles: bool = False
+    crf: int = 18
+    audio_rate: int = 48000
+
+
+class RenderSettings(BaseModel):
+    """Everything a render depends on besides the pack and the script; recipes/render/*.toml override it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: str = "auto"  # what the recipe was written for (informational)
+    aspect: Literal["16:9", "9:16"] = "16:9"
+    seed: int = 0
+    script: ScriptSettings = Field(default_factory=ScriptSettings)
+    narration: NarrationSettings = Field(default_factory=NarrationSettings)
+    keyframes: KeyframeSettings = Field(default_factory=KeyframeSettings)
+    video: VideoSettings = Field(default_factory=VideoSettings)
+    assembly: AssemblySettings = Field(default_factory=AssemblySettings)
+
+    def keyframe_size(self) -> tuple[int, int]:
+        w, h = self.keyframes.width, self.keyframes.height
+        return (w, h) if self.aspect == "16:9" else (h, w)
+
+    def video_size(self) -> tuple[int, int]:
+        w, h = self.video.width, self.video.height
+        return (w, h) if self.aspect == "16:9" else (h, w)
+
+
+def detect_profile() -> str:
+    """The largest shipped VRAM profile that fits the GPU, or 'cpu'."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    gb = torch.cuda.get_device_properties(0).total_memory / 2**30
+    fitting = [p for p in PROFILES_GB if p <= gb + 0.5]
+    return f"{fitting[-1] if fitting else PROFILES_GB[0]}gb"
+
+
+def scene_seed(base: int, *content: Any) -> int:
+    return (base + int(hash_json(content)[:8], 16)) % (2**31)
+
+
+def frames_for(seconds: float, fps: int) -> int:
+    import math
+
+    return max(1, math.ceil(round(seconds * fps, 6)))
+
+
+def chunk_lengths(frames: int, chunk_frames: int, anchor: str) -> list[int]:
+    """Wan clip lengths (each 4k+1, at most chunk_frames) that cover `frames` once joined.
+
+    With first-last anchoring, neighbouring chunks share their boundary frame (the keyframe), so each
+    chunk after the first adds length - 1 new frames.
+    """
+    import math
+
+    longest = (chunk_frames - 1) // 4 * 4 + 1
+    if anchor == "first-last":
+        count = max(1, math.ceil((frames - 1) / (longest - 1)))
+        new = math.ceil((frames - 1) / count / 4) * 4  # new frames per chunk, a multiple of 4
+        return [max(new, 4) + 1] * count
+    count = max(1, math.ceil(frames / longest))
+    per = math.ceil(frames / count)
+    return [math.ceil((per - 1) / 4) * 4 + 1] * count
+
+
+@dataclass
+class SceneDir:
+    index: int
+    scene: Scene
+    folder: Path
+
+    def path(self, name: str) -> Path:
+        return self.folder / name
+
+    @property
+    def label(self) -> str:
+        return f"{self.index + 1:02d}"
+
+
+@dataclass
+class RenderDir:
+    root: Path
+    scenes: list[SceneDir] = field(default_factory=list)
+
+    @property
+    def script(self) -> Path:
+        return self.root / "script.json"
+
+    @property
+    def record(self) -> Path:
+        return self.root / "render.json"
+
+    @contextlib.contextmanager
+    def reusable(self, filename: str, wanted: set[str]) -> Iterator[dict[str, tuple[Path, dict[str, Any]]]]:
+        """Artifacts named `filename` in any scene folder whose inputs hash is in `wanted` (scenes that
+        moved when another was inserted or deleted), set aside before the stage overwrites anything."""
+        stash = self.root / ".reuse" / filename
+        found: dict[str, tuple[Path, dict[str, Any]]] = {}
+        for rec in sorted(self.root.glob(f"scenes/*/{filename}.json")):
+            record = read_json(rec) or {}
+            key, src = record.get("key"), rec.with_name(filename)
+            if key in wanted and key not in found and src.exists():
+                stash.mkdir(parents=True, exist_ok=True)
+                kept = stash / f"{key}{src.suffix}"
+                shutil.copyfile(src, kept)
+                info = {k: v for k, v in record.items() if k not in ("key", "copied_from")}
+                found[key] = (kept, {**info, "copied_from": str(src)})
+        try:
+            yield found
+        finally:
+            shutil.rmtree(stash, ignore_errors=True)
+
+
+def take(found: dict[str, tuple[Path, dict[str, Any]]], key: str, out: Path) -> bool:
+    """Put a set-aside artifact with inputs hash `key` at `out`; False when there is none."""
+    if key not in found:
+        return False
+    src, info = found[key]
+    with atomic_path(out) as tmp:
+        shutil.copyfile(src, tmp)
+    mark_fresh(out, key, **info)
+    return True

@@ -1,0 +1,152 @@
+"""`persona render` end to end on the tiny models (CPU), with the cache and resume behaviour."""
+
+import errno
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import pytest
+
+from persona.errors import PersonaError
+from persona.files import read_json
+from persona.inference.render import render
+from persona.media import stream_durations
+
+SCRIPT = Path(__file__).parent / "data" / "three_scenes.json"
+
+
+def _render(ws, **kw):
+    return render(ws, None, script_file=kw.pop("script_file", SCRIPT), profile="demo", **kw)
+
+
+@pytest.fixture
+def rendered(render_pack):
+    summary = _render(render_pack, name="talk")
+    return render_pack, summary
+
+
+def test_three_scenes_end_to_end(rendered):
+    ws, summary = rendered
+    rdir = Path(summary["render"])
+    final = rdir / "final.mp4"
+    narrations = [read_json(rdir / f"scenes/{i:02d}/narration.wav.json")["seconds"] for i in (1, 2, 3)]
+    d = stream_durations(final)
+    assert abs(d["video"] - sum(narrations)) < 0.1 and abs(d["audio"] - sum(narrations)) < 0.1
+    srt = (rdir / "final.srt").read_text()
+    assert srt.count(" --> ") == 2 + 1 + 3  # one cue per sentence
+    with av.open(str(final)) as c:
+        assert c.streams.video[0].codec_context.name == "h264" and c.streams.audio[0].codec_context.name == "aac"
+        assert c.metadata["ai_generated"] == "true" and c.metadata["persona"] == ws.name
+        assert "consent" in c.metadata["comment"] and "granted by" in c.metadata["consent"]
+    record = read_json(rdir / "render.json")
+    assert record["completed"] and record["model_loads"] == {"f5-tts": 1, "flux": 1, "wan-flf2v": 1}
+    assert record["stages"]["assemble"]["loudness"]["output_lufs"] == pytest.approx(-14, abs=1.0)
+    seeds = [s["keyframe_seed"] for s in record["scenes"]]
+    assert len(set(seeds)) == 3 and record["scenes"][0]["keyframe_prompt"].startswith(ws.token)
+    assert not record["scenes"][1]["keyframe_prompt"].startswith(ws.token)  # off camera: no token
+
+
+def test_editing_one_scene_redoes_only_that_scene(rendered):
+    ws, summary = rendered
+    rdir = Path(summary["render"])
+    script = json.loads((rdir / "script.json").read_text())
+    script["scenes"][1]["narration"] = "Every image is a grid of numbers, one per pixel."
+    (rdir / "script.json").write_text(json.dumps(script))
+    again = render(ws, None, name="talk", profile="demo")  # no topic, no --script: the edited script.json
+    st = again["stages"]
+    assert st["narration"]["rendered"] == ["02"] and st["narration"]["reused"] == ["01", "03"]
+    assert st["keyframes"]["rendered"] == [] and st["video"]["rendered"] == ["02"]
+    assert again["model_loads"] == {"f5-tts": 1, "wan-flf2v": 1}  # no keyframe to draw: FLUX never loaded
+    script["scenes"][2]["image_prompt"] = "the presenter in a garden, wide shot"
+    (rdir / "script.json").write_text(json.dumps(script))
+    st = render(ws, None, name="talk", profile="demo")["stages"]
+    assert st["narration"]["rendered"] == [] and st["keyframes"]["rendered"] == ["03"]
+    assert st["video"]["rendered"] == ["03"]
+    # a scene inserted in front moves the others: their work is found and copied, not redone
+    script["scenes"].insert(0, script["scenes"][1])
+    (rdir / "script.json").write_text(json.dumps(script))
+    again = render(ws, None, name="talk", profile="demo")
+    assert again["model_loads"] == {}
+    for stage in ("narration", "keyframes", "video"):
+        assert again["stages"][stage]["moved"] == ["01", "02", "03", "04"] and again["stages"][stage]["rendered"] == []
+    assert read_json(rdir / "scenes/04/keyframe.png.json")["copied_from"].endswith("03/keyframe.png")
+
+
+def test_killed_render_resumes_without_redoing_narration(render_pack):
+    cmd = [sys.executable, "-m", "persona", "-w", str(render_pack.root), "render", "--script", str(SCRIPT),
+           "--profile", "demo", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    scenes = render_pack.root / "renders" / "three_scenes" / "scenes"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if all((scenes / f"{i:02d}" / "narration.wav.json").exists() for i in (1, 2, 3)):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the render finished before it could be killed"
+    assert not (scenes.parent / "final.mp4").exists()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    st = json.loads(out.stdout)["stages"]
+    assert st["narration"]["rendered"] == [] and st["narration"]["reused"] == ["01", "02", "03"]
+    assert (scenes.parent / "final.mp4").exists()
+
+
+def test_pack_without_lora_or_voice(make_workspace, render_pack):
+    with pytest.raises(PersonaError, match="train-voice") as e:
+        _render(make_workspace(name="Other Person"))
+    assert "train-lora" in str(e.value)
+    render_pack.update("lora", None)
+    with pytest.raises(PersonaError, match="keyframe stage needs the likeness LoRA"):
+        _render(render_pack)
+
+
+def test_consent_is_required(render_pack):
+    render_pack.update("consent", None)
+    with pytest.raises(PersonaError, match="consent"):
+        _render(render_pack)
+
+
+def test_missing_weights_point_to_doctor(render_pack, tmp_path):
+    render_pack.update("models", {"flux": str(tmp_path / "nowhere")})
+    with pytest.raises(PersonaError, match="does not exist"):
+        _render(render_pack)
+    assert (render_pack.root / "renders/three_scenes/scenes/01/narration.wav").exists()  # finished stage kept
+
+
+def test_bad_scripts(render_pack, tmp_path):
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"title": "x", "scenes": []}))
+    with pytest.raises(PersonaError, match="scenes"):
+        _render(render_pack, script_file=empty)
+    with pytest.raises(PersonaError, match="narrates for"):
+        render(render_pack, None, script_file=SCRIPT, profile="demo", overrides={"narration": {"max_scene_seconds": 2}})
+
+
+def test_disk_full_keeps_finished_stages(render_pack, monkeypatch):
+    import persona.inference.video as video
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(video, "write_video", full)
+    with pytest.raises(PersonaError, match="disk is full"):
+        _render(render_pack)
+    record = read_json(render_pack.root / "renders/three_scenes/render.json")
+    assert set(record["stages"]) == {"script", "narration", "keyframes"}
+    assert (render_pack.root / "renders/three_scenes/scenes/03/keyframe.png").exists()
+
+
+def test_until_and_9_16(render_pack):
+    s = render(render_pack, None, script_file=SCRIPT, profile="demo", until="keyframes",
+               overrides={"aspect": "9:16"})
+    assert s["final"] is None and set(s["stages"]) == {"script", "narration", "keyframes"}
+    from PIL import Image
+
+    assert Image.open(Path(s["render"]) / "scenes/01/keyframe.png").size == (48, 64)

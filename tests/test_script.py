@@ -1,0 +1,134 @@
+"""The script stage against recorded server exchanges, and for real on the tiny local LM."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from persona.errors import PersonaError
+from persona.inference.script import (NARRATION_PATTERN, OllamaBackend, OpenAIBackend, Script, ScriptSettings,
+                                      TransformersBackend, messages_for, read_topic, script_schema, write_script)
+
+DATA = Path(__file__).parent / "data"
+
+
+class Recorded:
+    """A loopback HTTP server that answers with recorded replies and keeps the requests it got."""
+
+    def __init__(self, replies: list[dict]):
+        self.replies, self.requests = list(replies), []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+                data = json.dumps(outer.replies.pop(0)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+
+
+def _settings(**kw):
+    return ScriptSettings(min_scenes=1, **kw)
+
+
+def test_ollama_exchange():
+    rec = json.loads((DATA / "ollama_chat.json").read_text())
+    server = Recorded([rec["response"]])
+    try:
+        s = _settings(backend="ollama", url=server.url, model="llama3.1:8b")
+        script, attempts = write_script(OllamaBackend(server.url, s.model, seed=7),
+                                        messages_for("You write for {person}.", "a topic", "Ada", s), s)
+    finally:
+        server.close()
+    assert attempts == 1 and len(script.scenes) == 2 and script.scenes[0].on_camera
+    req = server.requests[0]
+    assert req["path"] == rec["request"]["path"]
+    body = req["body"]
+    assert set(rec["request"]["required"]) <= set(body) and body["stream"] is False
+    assert body["format"] == script_schema(s) and body["options"]["seed"] == 7
+    assert body["messages"][0] == {"role": "system", "content": "You write for Ada."}
+
+
+def test_openai_exchange_with_retry_feeding_back_the_error():
+    rec = json.loads((DATA / "openai_chat.json").read_text())
+    bad = json.loads(json.dumps(rec["response"]))
+    bad["choices"][0]["message"]["content"] = json.dumps(
+        {"title": "x", "scenes": [{"narration": "no full stop", "image_prompt": "abc", "motion_prompt": "abc",
+                                   "on_camera": True}]})
+    server = Recorded([bad, rec["response"]])
+    try:
+        s = _settings(backend="openai", url=server.url, model="qwen2.5-7b-instruct")
+        script, attempts = write_script(OpenAIBackend(server.url, s.model, api_key="sk-test"),
+                                        messages_for("p", "t", "Ada", s), s)
+    finally:
+        server.close()
+    assert attempts == 2 and script.title == "How computers see"
+    first, second = (r["body"] for r in server.requests)
+    assert server.requests[0]["path"] == "/v1/chat/completions" and server.requests[0]["auth"] == "Bearer sk-test"
+    fmt = first["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["schema"] == script_schema(s) and fmt["json_schema"]["strict"]
+    assert len(second["messages"]) == len(first["messages"]) + 2
+    assert "narration" in second["messages"][-1]["content"]  # the validation error went back
+
+
+def test_gives_up_clearly():
+    reply = {"message": {"role": "assistant", "content": "{\"title\": \"x\", \"scenes\": []}"}}
+    server = Recorded([reply] * 2)
+    try:
+        s = _settings(attempts=2)
+        with pytest.raises(PersonaError, match="no valid script in 2 attempts"):
+            write_script(OllamaBackend(server.url, "m"), messages_for("p", "t", "Ada", s), s)
+    finally:
+        server.close()
+
+
+def test_unreachable_server_names_the_url():
+    s = _settings()
+    with pytest.raises(PersonaError, match="127.0.0.1:9") as e:
+        write_script(OllamaBackend("http://127.0.0.1:9", "m"), messages_for("p", "t", "Ada", s), s)
+    assert "ollama serve" in str(e.value)
+
+
+def test_tiny_local_lm_with_constrained_decoding(tiny_models):
+    s = ScriptSettings(backend="transformers", min_scenes=1, max_scenes=2, temperature=0.0, max_title_chars=20,
+                       max_sentence_chars=40, max_prompt_chars=30, max_new_tokens=600, attempts=1)
+    backend = TransformersBackend(tiny_models["llm"], temperature=0.0, seed=0, max_new_tokens=600)
+    script, attempts = write_script(backend, messages_for("Write for {person}.", "how computers see", "Ada", s), s)
+    assert attempts == 1 and 1 <= len(script.scenes) <= 2  # random weights, valid by construction
+    for scene in script.scenes:
+        assert 1 <= len(scene.sentences()) <= 3 and len(scene.image_prompt) <= 30
+
+
+def test_topic_file_checks(tmp_path):
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(PersonaError, match="empty"):
+        read_topic(tmp_path / "empty.txt", 100)
+    (tmp_path / "huge.txt").write_text("word " * 100)
+    with pytest.raises(PersonaError, match="characters"):
+        read_topic(tmp_path / "huge.txt", 100)
+    with pytest.raises(PersonaError, match="not found"):
+        read_topic(tmp_path / "nope.txt", 100)
+
+
+def test_schema_and_sentences():
+    import re
+
+    assert re.match(NARRATION_PATTERN, "One. Two? Three!") and not re.match(NARRATION_PATTERN, "One. Two. Three. Four.")
+    script = Script.model_validate_json((DATA / "three_scenes.json").read_text())
+    assert [len(s.sentences()) for s in script.scenes] == [2, 1, 3]
