@@ -75,6 +75,13 @@ def test_metadata_csv_when_there_is_no_manifest(voice_ws):
     assert len(read_voice_dataset(voice_ws.path("datasets/voice")).clips) == 12
 
 
+def test_refused_without_consent(voice_ws):
+    voice_ws.update("consent", None)
+    with pytest.raises(PersonaError, match="consent"):
+        train_voice(voice_ws, VoiceSettings(**TINY))
+    assert not (voice_ws.root / "runs").exists()
+
+
 def test_no_transcripts_points_to_an_asr_model(voice_ws):
     write_json(_manifest(voice_ws), [dict(e, text=None) for e in read_json(_manifest(voice_ws))])
     with pytest.raises(PersonaError, match="none with a transcript.*ASR.*persona doctor"):
@@ -202,6 +209,17 @@ def test_train_resume_export_and_speak(voice_ws, voice_dataset, tiny_models, tmp
     long = speak(voice_ws, "This sentence is a good deal longer than the first one, so it lasts longer.",
                  tmp_path / "long.wav", steps=2)
     assert long["seconds"] > short["seconds"] > 0
+
+
+def test_an_unreadable_newest_checkpoint_falls_back_to_the_one_before(voice_ws, capsys):
+    settings = VoiceSettings(**{**TINY, "val_every": 1})
+    train_voice(voice_ws, settings, stop_at=3)
+    checkpoints = voice_ws.root / "runs" / "voice" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("model_*.pt")) == ["model_2.pt", "model_3.pt"]
+    (checkpoints / "model_3.pt").write_bytes(b"cut short")
+    again = train_voice(voice_ws, settings, stop_at=3)
+    assert (again["resumed_from"], again["update"]) == (2, 3)
+    assert "model_3.pt cannot be read" in capsys.readouterr().err
 
 
 def test_cli_json_and_one_line_errors(voice_ws):

@@ -190,46 +190,27 @@ def train_voice(ws: Any, settings: VoiceSettings | None = None, *, base: str | P
     t0 = time.perf_counter()
     s = settings or VoiceSettings()
     ws.require_consent("training")
-    if not ws.pack.datasets.voice:
-        raise PersonaError("[datasets] voice is not set: there is no voice dataset yet", file=ws.manifest_path,
-                           fix="run `persona ingest` first")
-    max_clip_s = min(F5_MAX_CLIP_S, s.batch_frames / FRAMES_PER_SECOND)
-    data = read_voice_dataset(ws.path(ws.pack.datasets.voice), max_clip_seconds=max_clip_s)
-    _check_amount(data, s)
-    f5 = find_base(ws.pack.models, base)
-    model_registry.locate("vocos", models=ws.pack.models)  # `persona speak` needs it: fail now, not after training
-    weights = read_weights(f5.checkpoint)
-    vocab = check_vocab(f5, weights)
-    unknown = unknown_characters(data.clips, vocab)
-    _report_data(data, unknown, max_clip_s)
-
-    run_folder = ws.root / "runs" / "voice"
-    train_dir, val_dir, split = prepare(data, f5.vocab, run_folder, s)
-    with quiet():
-        train_set, val_set = load_f5_split(train_dir, MEL), load_f5_split(val_dir, MEL)
-    plan = plan_training(s, len(sampler_for(train_set, s.batch_frames, s.max_samples, s.seed)), split["train_seconds"],
-                         split["train_clips"], split["val_clips"], _device())
-    stat = f5.checkpoint.stat()
-    key = hash_json({"data": split["key"], "plan": plan.trajectory(), "seed": s.seed, "max_samples": s.max_samples,
-                     "warmup": s.warmup, "grad_norm": s.max_grad_norm, "base": [str(f5.checkpoint), stat.st_size, stat.st_mtime_ns]})
-    run = Run(run_folder, plan, key)
-    if restart:
-        shutil.rmtree(run.checkpoints, ignore_errors=True)
-    run.checkpoints.mkdir(parents=True, exist_ok=True)
+    data, f5, weights, vocab, unknown = _check_inputs(ws, s, base)
+    run, train_set, val_set, split = _set_up_run(ws, data, f5, s, restart)
+    plan = run.plan
     info(f"plan: {plan.total_updates} updates (~{plan.epochs:g} epochs of {plan.train_minutes:g} min, "
          f"{plan.train_clips} clips; {plan.val_clips} held out), {plan.batch_frames} frames x {plan.grad_accum} per update, "
          f"lr {plan.learning_rate:g} after {plan.warmup_updates} warmup updates, validation every {plan.val_every}, "
          f"{plan.device} {plan.precision}" + (f", recipe {recipe}" if recipe else ""))
+    if plan.device == "cpu" and f5.arch == base_arch():
+        warn("no CUDA GPU: F5TTS_v1_Base trains at about a minute per small update on a CPU; use a GPU")
 
     trainer = Trainer(run, f5, vocab, weights, s)
     del weights
     start = trainer.resume()
     end = min(plan.total_updates, stop_at) if stop_at else plan.total_updates
-    if start:
+    if start >= plan.total_updates:
+        info(f"already trained ({start} updates); nothing to redo")
+    elif start:
         info(f"resuming from update {start} of {plan.total_updates}")
     if start < end:
-        val_batches = _val_batches(val_set, s)
-        trainer.train(train_set, val_batches, end)
+        trainer.train(train_set, _val_batches(val_set, s), end)
+
     summary: dict[str, Any] = {
         "workspace": str(ws.root), "recipe": recipe, "resumed_from": start, "update": trainer.update,
         "total_updates": plan.total_updates, "finished": trainer.update >= plan.total_updates, "plan": asdict(plan),
@@ -248,6 +229,42 @@ def train_voice(ws: Any, settings: VoiceSettings | None = None, *, base: str | P
         info(f"paused at update {trainer.update} of {plan.total_updates}; run `persona train-voice` again to continue")
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
+
+
+def _check_inputs(ws: Any, s: VoiceSettings, base: str | Path | None) -> tuple[VoiceData, Base, dict, dict, dict]:
+    """Everything that can be wrong with the inputs, found before any training starts."""
+    if not ws.pack.datasets.voice:
+        raise PersonaError("[datasets] voice is not set: there is no voice dataset yet", file=ws.manifest_path,
+                           fix="run `persona ingest` first")
+    max_clip_s = min(F5_MAX_CLIP_S, s.batch_frames / FRAMES_PER_SECOND)
+    data = read_voice_dataset(ws.path(ws.pack.datasets.voice), max_clip_seconds=max_clip_s)
+    _check_amount(data, s)
+    f5 = find_base(ws.pack.models, base)
+    model_registry.locate("vocos", models=ws.pack.models)  # `persona speak` needs it: fail now, not after training
+    weights = read_weights(f5.checkpoint)
+    vocab = check_vocab(f5, weights)
+    unknown = unknown_characters(data.clips, vocab)
+    _report_data(data, unknown, max_clip_s)
+    return data, f5, weights, vocab, unknown
+
+
+def _set_up_run(ws: Any, data: VoiceData, f5: Base, s: VoiceSettings, restart: bool) -> tuple[Run, Any, Any, dict]:
+    """The prepared splits, the plan, and the run folder keyed by everything that shapes the weights."""
+    run_folder = ws.root / "runs" / "voice"
+    train_dir, val_dir, split = prepare(data, f5.vocab, run_folder, s)
+    with quiet():
+        train_set, val_set = load_f5_split(train_dir, MEL), load_f5_split(val_dir, MEL)
+    batches = len(sampler_for(train_set, s.batch_frames, s.max_samples, s.seed))
+    plan = plan_training(s, batches, split["train_seconds"], split["train_clips"], split["val_clips"], _device())
+    stat = f5.checkpoint.stat()
+    key = hash_json({"data": split["key"], "plan": plan.trajectory(), "seed": s.seed, "max_samples": s.max_samples,
+                     "warmup": s.warmup, "grad_norm": s.max_grad_norm,
+                     "base": [str(f5.checkpoint), stat.st_size, stat.st_mtime_ns]})
+    run = Run(run_folder, plan, key)
+    if restart:
+        shutil.rmtree(run.checkpoints, ignore_errors=True)
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
+    return run, train_set, val_set, split
 
 
 def _val_batches(val_set: Any, s: VoiceSettings) -> list[dict[str, Any]]:
