@@ -367,7 +367,8 @@ class Trainer:
                         loss, _, _ = self.model(batch["mel"].permute(0, 2, 1).to(self.device), text=batch["text"],
                                                 lens=batch["mel_lengths"].to(self.device))
                     (loss / s.grad_accum).backward()
-                    losses.append(loss.item())
+                    last = loss.item()
+                    losses.append(last)
                 if s.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.max_grad_norm)
                 self.optimizer.step()
@@ -382,5 +383,5 @@ class Trainer:
                 if due or self.update == end:
                     self.checkpoint(validated=due)
                 best = self.best_entry()
-                bar.advance(1, loss=losses[-1] if losses else None, **({"best_val": best["val_loss"]} if best else {}))
+                bar.advance(1, loss=last, **({"best_val": best["val_loss"]} if best else {}))
         del batches
