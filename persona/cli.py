@@ -172,6 +172,52 @@ def demo(keep: Path | None, as_json: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+@cli.command("train-voice", context_settings=CONTEXT)
+@click.option("--recipe", help="A voice recipe (f5-12gb, f5-24gb, f5-80gb) or a .toml file "
+              "(default: picked by the GPU's memory; plain defaults on a CPU).")
+@click.option("--updates", type=int, help="Total updates (default: --epochs passes over the clips).")
+@click.option("--epochs", type=float, help="Passes over the training clips that set the total updates.")
+@click.option("--lr", "learning_rate", type=float, help="Peak learning rate (default: scaled to the batch).")
+@click.option("--batch-frames", type=int, help="Mel frames per batch (93.75 per second of audio).")
+@click.option("--val-every", type=int, help="Updates between validations and checkpoints.")
+@click.option("--keep-last", type=int, help="Training checkpoints kept besides the best.")
+@click.option("--min-minutes", type=float, help="Refuse less transcribed speech than this.")
+@click.option("--base", type=click.Path(path_type=Path),
+              help="Pretrained F5-TTS: a snapshot folder or a checkpoint file (default: [models] f5-tts, "
+                   "$PERSONA_F5_TTS, the HF cache).")
+@click.option("--restart", is_flag=True, help="Discard earlier checkpoints and start again from the base.")
+@click.option("--stop-at", type=int, help="Stop with a checkpoint at this update; run again to continue.")
+@json_option
+@click.pass_obj
+def train_voice(ctx: Ctx, recipe: str | None, updates: int | None, epochs: float | None, learning_rate: float | None,
+                batch_frames: int | None, val_every: int | None, keep_last: int | None, min_minutes: float | None,
+                base: Path | None, restart: bool, stop_at: int | None, as_json: bool) -> None:
+    """Fine-tune F5-TTS on the persona's voice dataset and put the voice in the pack.
+
+    Reads the clips and transcripts `persona ingest` wrote, holds a few out, trains from F5-TTS v1
+    Base with hyperparameters scaled to the data, keeps the checkpoint with the lowest validation
+    loss, and exports it with the vocab and reference clip to voice/ and [voice]. A stopped run
+    resumes from its last checkpoint when started again.
+
+    \b
+    Examples:
+      persona train-voice
+      persona train-voice --recipe f5-12gb --epochs 30
+      persona -w mikebot train-voice --updates 2000 --val-every 100 --json
+    """
+    from persona.config import resolve_settings
+    from persona.train.voice import VoiceSettings, auto_recipe, train_voice as train
+
+    ws = ctx.workspace()
+    recipe = recipe or auto_recipe()
+    settings = resolve_settings(VoiceSettings, "voice", recipe, dict(
+        updates=updates, epochs=epochs, learning_rate=learning_rate, batch_frames=batch_frames, val_every=val_every,
+        keep_last=keep_last, min_minutes=min_minutes))
+    summary = train(ws, settings, base=base, restart=restart, stop_at=stop_at, recipe=recipe)
+    emit(summary, as_json)
+
+
+# ------------------------------------------------------------------------------------------------
 @cli.command(context_settings=CONTEXT)
 @click.argument("text")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("speech.wav"),

@@ -78,6 +78,49 @@ def make_footage(folder: str | Path) -> dict[str, Any]:
     }
 
 
+def fallback_voice_dataset(folder: str | Path, clips: int = 12, seed: int = 0) -> Path:
+    """A small voice dataset in the layout `persona ingest` writes (wavs/, manifest.json, metadata.csv,
+    reference.wav/.txt, report.json), made from the demo speech: `clips` takes of SPEECH_TEXT with
+    slight changes of speed, loudness, padding and background noise. Stands in for ingest's output
+    where a workspace has no [datasets].voice yet."""
+    import csv
+    import io
+
+    from scipy.signal import resample
+
+    from persona.files import write_json, write_text
+    from persona.media import read_audio, write_audio
+
+    folder = Path(folder)
+    sr = 24000
+    speech = read_audio(speech_wav(), sr)
+    rng = np.random.default_rng(seed)
+    manifest, rows = [], []
+    for i in range(1, clips + 1):
+        speed = rng.uniform(0.92, 1.08)
+        take = resample(speech, int(len(speech) / speed)).astype(np.float32) * rng.uniform(0.6, 1.0)
+        pad = [np.zeros(int(rng.uniform(0.05, 0.4) * sr), np.float32) for _ in range(2)]
+        take = np.concatenate([pad[0], take, pad[1]])
+        snr_db = float(rng.uniform(28, 40))
+        noise = rng.standard_normal(len(take)).astype(np.float32)
+        take += noise * np.sqrt(np.mean(take**2) / 10 ** (snr_db / 10))
+        path = write_audio(folder / "wavs" / f"{i:04d}.wav", take, sr)
+        seconds = round(len(take) / sr, 3)
+        manifest.append({"file": f"wavs/{i:04d}.wav", "source": speech_wav().name, "start": 0.0, "end": seconds,
+                         "duration": seconds, "speaker_similarity": 1.0, "snr_db": round(snr_db, 1), "text": SPEECH_TEXT})
+        rows.append([str(path.resolve()), SPEECH_TEXT])
+    write_json(folder / "manifest.json", manifest)
+    table = io.StringIO()
+    csv.writer(table, delimiter="|", lineterminator="\n").writerows([["audio_file", "text"], *rows])
+    write_text(folder / "metadata.csv", table.getvalue())
+    write_audio(folder / "reference.wav", speech, sr)
+    write_text(folder / "reference.txt", SPEECH_TEXT + "\n")
+    write_json(folder / "report.json", {"clips": clips, "transcribed": clips,
+                                        "seconds": round(sum(m["duration"] for m in manifest), 2),
+                                        "note": "demo fallback: variations of one recording, not ingest output"})
+    return folder
+
+
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class Demo:
@@ -126,11 +169,41 @@ def step_doctor(d: Demo) -> str:
     return f"{len(found)} models found through [models]" + (f"; not needed by the demo: {', '.join(missing)}" if missing else "")
 
 
+def step_train_voice(d: Demo) -> str:
+    from persona.train.voice import VoiceSettings, train_voice
+
+    ws = d.workspace
+    if not ws.pack.datasets.voice:
+        fallback_voice_dataset(ws.root / "datasets" / "voice")
+        ws.update("datasets", {"voice": "datasets/voice"})
+    settings = VoiceSettings(updates=6, val_every=3, batch_frames=1500, val_clips=2, val_repeats=2,
+                             min_minutes=0.5, num_workers=0, learning_rate=1e-3)
+    summary = train_voice(ws, settings)
+    d.results["train_voice"] = {k: summary[k] for k in ("update", "baseline_val_loss", "best")}
+    best = summary["best"]
+    return (f"{summary['update']} updates on {summary['plan']['train_clips']} clips; validation loss "
+            f"{summary['baseline_val_loss']:.3f} (base) -> {best['val_loss']:.3f} (best, update {best['update']}); "
+            f"exported {summary['voice']['checkpoint']}")
+
+
+def step_speak(d: Demo) -> str:
+    from persona.inference.speech import speak
+
+    out = d.root / "speech"
+    short = speak(d.workspace, "Hello there.", out / "hello.wav", steps=4)
+    long = speak(d.workspace, "Today we look at how a computer learns to see, one small step at a time.",
+                 out / "longer.wav", steps=4)
+    d.results["speak_seconds"] = [short["seconds"], long["seconds"]]
+    return f"{out / 'hello.wav'} ({short['seconds']:.2f} s), {out / 'longer.wav'} ({long['seconds']:.2f} s)"
+
+
 STEPS: list[tuple[str, Callable[[Demo], str]]] = [
     ("tiny models", step_models),
     ("footage", step_footage),
     ("init", step_init),
     ("doctor", step_doctor),
+    ("train-voice", step_train_voice),
+    ("speak", step_speak),
 ]
 
 

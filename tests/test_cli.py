@@ -89,7 +89,8 @@ def test_demo_keeps_a_workspace(tmp_path):
     out = run("demo", "--keep", str(tmp_path / "d"), "--json")
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout)
-    assert summary["kept"] and set(summary["steps"]) >= {"tiny models", "footage", "init", "doctor"}
+    assert summary["kept"] and set(summary["steps"]) >= {"tiny models", "footage", "init", "doctor", "train-voice", "speak"}
+    assert 0 < summary["speak_seconds"][0] < summary["speak_seconds"][1]
     from persona.workspace import Workspace
 
     ws = Workspace(tmp_path / "d" / "workspace")

@@ -11,6 +11,7 @@ from persona.errors import PersonaError
 # recipes/<kind>/ -> the settings model (module:attribute) its TOML files configure.
 RECIPE_SETTINGS: dict[str, str] = {
     "render": "persona.inference.plan:RenderSettings",
+    "voice": "persona.train.voice:VoiceSettings",
 }
 
 

@@ -1,0 +1,308 @@
+"""`persona train-voice`: fine-tune F5-TTS (v1 Base) on the person's voice dataset and export it to the pack.
+
+Steps: check the dataset (transcripts, amount, characters outside the vocab), write the train and
+held-out splits in F5's format, plan the hyperparameters from the data and the recipe, train with
+resume (train/voice_trainer.py), then export the checkpoint with the lowest validation loss.
+
+Run folder (a cache, outside the pack): runs/voice/{data/{train,val}/raw.arrow, checkpoints/model_N.pt,
+checkpoints/best.safetensors, run.json}. Export: voice/{model.safetensors, vocab.txt,
+model_config.json (only for a non-v1-Base architecture), ref.wav, ref.txt, training.json} and [voice].
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from persona import models as model_registry
+from persona.errors import PersonaError
+from persona.files import atomic_path, hash_file, hash_json, is_fresh, mark_fresh, write_json, write_text
+from persona.progress import info, warn
+from persona.train.voice_data import (
+    F5_MAX_CLIP_S,
+    VoiceData,
+    load_f5_split,
+    read_voice_dataset,
+    split_clips,
+    unknown_characters,
+    write_f5_split,
+)
+from persona.train.voice_trainer import (
+    MEL,
+    SAMPLE_RATE,
+    Base,
+    Run,
+    Trainer,
+    base_arch,
+    check_vocab,
+    find_base,
+    known_notices,
+    quiet,
+    read_weights,
+    sampler_for,
+)
+
+FRAMES_PER_SECOND = SAMPLE_RATE / MEL["hop_length"]  # 93.75 mel frames per second of audio
+# F5's fine-tune default: lr 1e-5 at 3200 frames per batch; other batch sizes scale it by the square root.
+REFERENCE_LR, REFERENCE_FRAMES = 1e-5, 3200
+
+
+class VoiceSettings(BaseModel):
+    """`persona train-voice` settings; recipes (recipes/voice/*.toml) and flags override the defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_frames: int = Field(3200, ge=100, description="mel frames per batch (93.75 per second of audio); fitted to VRAM")
+    max_samples: int = Field(64, ge=1, description="most clips in one batch")
+    grad_accum: int = Field(1, ge=1, description="batches per update")
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    precision: Literal["bf16", "fp32"] = Field("bf16", description="autocast on CUDA; the CPU always runs fp32")
+    checkpoint_activations: bool = Field(False, description="recompute activations: less VRAM, ~30% slower")
+    learning_rate: float | None = Field(None, gt=0, description="default: 1e-5 x sqrt(frames per update / 3200)")
+    epochs: float = Field(50, gt=0, description="passes over the training clips; sets the total updates")
+    updates: int | None = Field(None, ge=2, description="total updates (overrides epochs)")
+    min_updates: int = Field(300, ge=2)
+    max_updates: int = Field(30000, ge=2)
+    warmup: float = Field(0.05, ge=0, lt=1, description="warmup as a fraction of the total updates")
+    max_grad_norm: float = Field(1.0, ge=0)
+    val_clips: int = Field(8, ge=1, description="clips held out for validation (at most a tenth)")
+    val_every: int | None = Field(None, ge=1, description="updates between validations (default: a twentieth of the run)")
+    val_repeats: int = Field(4, ge=1, description="noise draws per held-out clip; the same draws every time")
+    keep_last: int = Field(2, ge=1, description="training checkpoints kept besides the best")
+    # Below a few minutes the held-out set is a few seconds, too little for validation loss to tell
+    # checkpoints apart, and F5-TTS already clones a voice from the reference clip alone.
+    min_minutes: float = Field(5.0, ge=0, description="refuse less transcribed speech than this")
+    num_workers: int = Field(2, ge=0, description="data loader processes")
+    seed: int = 0
+
+
+@dataclass
+class Plan:
+    """Hyperparameters scaled to the dataset and the recipe."""
+
+    train_clips: int
+    val_clips: int
+    train_minutes: float
+    batch_frames: int
+    grad_accum: int
+    batches_per_epoch: int
+    total_updates: int
+    warmup_updates: int
+    learning_rate: float
+    val_every: int
+    epochs: float
+    device: str
+    precision: str
+    optimizer: str
+
+    def trajectory(self) -> dict[str, Any]:
+        """What determines the weights (a change starts training over); val_every etc. do not."""
+        return {k: v for k, v in asdict(self).items() if k not in ("val_every", "epochs", "device")}
+
+
+def plan_training(s: VoiceSettings, batches_per_epoch: int, train_seconds: float, train_clips: int, val_clips: int,
+                  device: str) -> Plan:
+    updates_per_epoch = max(1, batches_per_epoch // s.grad_accum)
+    total = s.updates or min(max(round(s.epochs * updates_per_epoch), s.min_updates), s.max_updates)
+    warmup = min(max(1, round(s.warmup * total)), total - 1)
+    frames = s.batch_frames * s.grad_accum
+    lr = s.learning_rate or REFERENCE_LR * math.sqrt(frames / REFERENCE_FRAMES)
+    cuda = device.startswith("cuda")
+    return Plan(
+        train_clips=train_clips, val_clips=val_clips, train_minutes=round(train_seconds / 60, 2),
+        batch_frames=s.batch_frames, grad_accum=s.grad_accum, batches_per_epoch=batches_per_epoch,
+        total_updates=total, warmup_updates=warmup, learning_rate=float(f"{lr:.3g}"),
+        val_every=s.val_every or max(1, total // 20), epochs=round(total / updates_per_epoch, 2), device=device,
+        precision=s.precision if cuda else "fp32", optimizer=s.optimizer if cuda else "adamw",
+    )
+
+
+def auto_recipe() -> str | None:
+    """The shipped recipe for this machine's GPU (by VRAM), or None on a CPU (plain defaults)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    gb = torch.cuda.get_device_properties(0).total_memory / 2**30
+    return "f5-12gb" if gb < 20 else "f5-24gb" if gb < 60 else "f5-80gb"
+
+
+# ---- the verb ----------------------------------------------------------------------------------
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _check_amount(data: VoiceData, s: VoiceSettings) -> None:
+    minutes = data.seconds / 60
+    if minutes < s.min_minutes:
+        raise PersonaError(
+            f"only {minutes:.1f} min of transcribed speech ({len(data.clips)} clips); fine-tuning needs at least "
+            f"{s.min_minutes:g} min", file=data.folder,
+            fix="ingest more footage of the person speaking (an hour is good), or lower --min-minutes")
+    if minutes < 60:
+        warn(f"{minutes:.1f} min of transcribed speech: fine-tuning works best with an hour or more")
+
+
+def _report_data(data: VoiceData, unknown: dict[str, int], max_clip_s: float) -> None:
+    if data.reference_note:
+        warn(data.reference_note)
+    if data.untranscribed:
+        info(f"{data.untranscribed} clips without a transcript are left out")
+    if data.missing:
+        warn(f"{len(data.missing)} clips in the manifest are missing on disk (first: {data.missing[0]})")
+    if data.out_of_range:
+        warn(f"{len(data.out_of_range)} clips shorter than 0.3 s or longer than {max_clip_s:.1f} s are left out")
+    if unknown:
+        shown = ", ".join(f"{c!r} ({n} clips)" for c, n in list(unknown.items())[:12])
+        warn(f"characters outside the F5-TTS vocab are read as a space: {shown}; "
+             "spell them out in the transcripts (numbers as words, no symbols) for a closer voice")
+
+
+def prepare(data: VoiceData, vocab_path: Path, run_folder: Path, s: VoiceSettings) -> tuple[Path, Path, dict[str, Any]]:
+    """The train/val split in F5's format under run_folder/data (redone only when the clips change)."""
+    train, val = split_clips(data.clips, s.val_clips, s.seed)
+    key = hash_json({"train": [(str(c.file), c.text, c.seconds) for c in train],
+                     "val": [(str(c.file), c.text, c.seconds) for c in val], "vocab": hash_file(vocab_path)})
+    out = run_folder / "data"
+    arrow = out / "val" / "raw.arrow"
+    if not is_fresh(arrow, key):
+        with quiet():
+            write_f5_split(train, out / "train")
+            write_f5_split(val, out / "val")
+        shutil.copyfile(vocab_path, out / "vocab.txt")
+        mark_fresh(arrow, key, train=len(train), val=[c.file.name for c in val])
+    summary = {"train_clips": len(train), "val_clips": len(val), "train_seconds": round(sum(c.seconds for c in train), 2),
+               "val_seconds": round(sum(c.seconds for c in val), 2), "key": key}
+    return out / "train", out / "val", summary
+
+
+def train_voice(ws: Any, settings: VoiceSettings | None = None, *, base: str | Path | None = None,
+                restart: bool = False, stop_at: int | None = None, recipe: str | None = None) -> dict[str, Any]:
+    """`persona train-voice`: fine-tune, keep the best checkpoint by validation loss, export to the pack."""
+    t0 = time.perf_counter()
+    s = settings or VoiceSettings()
+    ws.require_consent("training")
+    data, f5, weights, vocab, unknown = _check_inputs(ws, s, base)
+    run, train_set, val_set, split = _set_up_run(ws, data, f5, s, restart)
+    plan = run.plan
+    info(f"plan: {plan.total_updates} updates (~{plan.epochs:g} epochs of {plan.train_minutes:g} min, "
+         f"{plan.train_clips} clips; {plan.val_clips} held out), {plan.batch_frames} frames x {plan.grad_accum} per update, "
+         f"lr {plan.learning_rate:g} after {plan.warmup_updates} warmup updates, validation every {plan.val_every}, "
+         f"{plan.device} {plan.precision}" + (f", recipe {recipe}" if recipe else ""))
+    if plan.device == "cpu" and f5.arch == base_arch():
+        warn("no CUDA GPU: F5TTS_v1_Base trains at about a minute per small update on a CPU; use a GPU")
+
+    trainer = Trainer(run, f5, vocab, weights, s)
+    del weights
+    start = trainer.resume()
+    end = min(plan.total_updates, stop_at) if stop_at else plan.total_updates
+    if start >= plan.total_updates:
+        info(f"already trained ({start} updates); nothing to redo")
+    elif start:
+        info(f"resuming from update {start} of {plan.total_updates}")
+    if start < end:
+        trainer.train(train_set, _val_batches(val_set, s), end)
+
+    summary: dict[str, Any] = {
+        "workspace": str(ws.root), "recipe": recipe, "resumed_from": start, "update": trainer.update,
+        "total_updates": plan.total_updates, "finished": trainer.update >= plan.total_updates, "plan": asdict(plan),
+        "data": {**{k: v for k, v in split.items() if k != "key"}, "untranscribed": data.untranscribed,
+                 "left_out": len(data.out_of_range) + len(data.missing), "unknown_characters": unknown},
+        "baseline_val_loss": trainer.history[0]["val_loss"] if trainer.history else None,
+        "best": trainer.best_entry(), "checkpoints": str(run.checkpoints),
+    }
+    if summary["finished"]:
+        summary["voice"] = export_voice(ws, run, f5, data, trainer.history)
+        base_loss, best = summary["baseline_val_loss"], summary["best"]
+        if best and base_loss is not None and best["val_loss"] >= base_loss:
+            warn(f"fine-tuning did not lower the validation loss ({best['val_loss']:.4g} vs the base's {base_loss:.4g}); "
+                 "more data or a lower --lr may help")
+    else:
+        info(f"paused at update {trainer.update} of {plan.total_updates}; run `persona train-voice` again to continue")
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    return summary
+
+
+def _check_inputs(ws: Any, s: VoiceSettings, base: str | Path | None) -> tuple[VoiceData, Base, dict, dict, dict]:
+    """Everything that can be wrong with the inputs, found before any training starts."""
+    if not ws.pack.datasets.voice:
+        raise PersonaError("[datasets] voice is not set: there is no voice dataset yet", file=ws.manifest_path,
+                           fix="run `persona ingest` first")
+    max_clip_s = min(F5_MAX_CLIP_S, s.batch_frames / FRAMES_PER_SECOND)
+    data = read_voice_dataset(ws.path(ws.pack.datasets.voice), max_clip_seconds=max_clip_s)
+    _check_amount(data, s)
+    f5 = find_base(ws.pack.models, base)
+    model_registry.locate("vocos", models=ws.pack.models)  # `persona speak` needs it: fail now, not after training
+    weights = read_weights(f5.checkpoint)
+    vocab = check_vocab(f5, weights)
+    unknown = unknown_characters(data.clips, vocab)
+    _report_data(data, unknown, max_clip_s)
+    return data, f5, weights, vocab, unknown
+
+
+def _set_up_run(ws: Any, data: VoiceData, f5: Base, s: VoiceSettings, restart: bool) -> tuple[Run, Any, Any, dict]:
+    """The prepared splits, the plan, and the run folder keyed by everything that shapes the weights."""
+    run_folder = ws.root / "runs" / "voice"
+    train_dir, val_dir, split = prepare(data, f5.vocab, run_folder, s)
+    with quiet():
+        train_set, val_set = load_f5_split(train_dir, MEL), load_f5_split(val_dir, MEL)
+    batches = len(sampler_for(train_set, s.batch_frames, s.max_samples, s.seed))
+    plan = plan_training(s, batches, split["train_seconds"], split["train_clips"], split["val_clips"], _device())
+    stat = f5.checkpoint.stat()
+    key = hash_json({"data": split["key"], "plan": plan.trajectory(), "seed": s.seed, "max_samples": s.max_samples,
+                     "warmup": s.warmup, "grad_norm": s.max_grad_norm,
+                     "base": [str(f5.checkpoint), stat.st_size, stat.st_mtime_ns]})
+    run = Run(run_folder, plan, key)
+    if restart:
+        shutil.rmtree(run.checkpoints, ignore_errors=True)
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
+    return run, train_set, val_set, split
+
+
+def _val_batches(val_set: Any, s: VoiceSettings) -> list[dict[str, Any]]:
+    from f5_tts.model.dataset import collate_fn
+
+    sampler = sampler_for(val_set, s.batch_frames, s.max_samples, None)
+    with known_notices():
+        return [collate_fn([val_set[i] for i in idx]) for idx in sampler]
+
+
+# ---- export -------------------------------------------------------------------------------------
+def export_voice(ws: Any, run: Run, base: Base, data: VoiceData, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best checkpoint's EMA weights, the vocab, the reference clip and its transcript, into
+    voice/ and [voice] (what `persona speak` loads)."""
+    from persona.media import read_audio, write_audio
+
+    if not run.best.exists():
+        raise PersonaError("no best checkpoint to export", file=run.best, fix="run `persona train-voice --restart`")
+    out = ws.root / "voice"
+    model = out / "model.safetensors"
+    key = hash_json({"best": hash_file(run.best), "vocab": hash_file(base.vocab), "arch": base.arch,
+                     "ref": hash_file(data.reference), "ref_text": data.reference_text})
+    if not is_fresh(model, key):
+        with atomic_path(model) as tmp:
+            shutil.copyfile(run.best, tmp)
+        shutil.copyfile(base.vocab, out / "vocab.txt")
+        sidecar = out / "model_config.json"
+        if base.arch != base_arch():
+            write_json(sidecar, {"backbone": "DiT", "arch": base.arch})
+        else:
+            sidecar.unlink(missing_ok=True)
+        write_audio(out / "ref.wav", read_audio(data.reference, SAMPLE_RATE), SAMPLE_RATE)
+        write_text(out / "ref.txt", data.reference_text + "\n")
+        best = min((h for h in history if h["update"] > 0), key=lambda h: h["val_loss"])
+        write_json(out / "training.json", {"base": base.name, "best": best, "history": history, "plan": asdict(run.plan)})
+        mark_fresh(model, key, best_update=best["update"])
+    values = {"checkpoint": ws.relative(model), "vocab": ws.relative(out / "vocab.txt"),
+              "reference_audio": ws.relative(out / "ref.wav"), "reference_text": data.reference_text, "base": base.name}
+    ws.update("voice", values, replace=True)
+    info(f"exported the voice to {out} and \\[voice] in {ws.manifest_path.name}")
+    return values
