@@ -19,10 +19,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from persona.files import atomic_path, hash_json, mark_fresh, read_json
+from persona.inference.finish import FinishSettings
+from persona.inference.lipsync import LipsyncSettings
 from persona.inference.script import Scene, ScriptSettings
 
 PROFILES_GB = (12, 16, 24, 48, 80)
-STAGES = ("script", "narration", "keyframes", "video", "assemble")
+STAGES = ("script", "narration", "keyframes", "video", "lipsync", "finish", "assemble")
 
 
 class Memory(BaseModel):
@@ -106,6 +108,8 @@ class RenderSettings(BaseModel):
     narration: NarrationSettings = Field(default_factory=NarrationSettings)
     keyframes: KeyframeSettings = Field(default_factory=KeyframeSettings)
     video: VideoSettings = Field(default_factory=VideoSettings)
+    lipsync: LipsyncSettings = Field(default_factory=LipsyncSettings)
+    finish: FinishSettings = Field(default_factory=FinishSettings)
     assembly: AssemblySettings = Field(default_factory=AssemblySettings)
 
     def keyframe_size(self) -> tuple[int, int]:

@@ -18,7 +18,7 @@ from typing import Any
 from persona.config import prompt_text, resolve_settings
 from persona.errors import PersonaError
 from persona.files import hash_json, is_fresh, mark_fresh, read_json, write_json, write_text
-from persona.inference import assemble, keyframes, narration, video
+from persona.inference import assemble, finish, keyframes, lipsync, narration, video
 from persona.inference.plan import STAGES, RenderDir, RenderSettings, SceneDir, detect_profile
 from persona.inference.script import Script, load_script, make_backend, messages_for, read_topic, write_script
 from persona.inference.speech import VoiceFiles
@@ -137,6 +137,8 @@ def render(ws: Any, topic: Path | None = None, *, script_file: Path | None = Non
         ("narration", lambda m: narration.run(rdir.scenes, voice_files, settings, rdir, loads, m)),
         ("keyframes", lambda m: keyframes.run(rdir.scenes, ws, settings, rdir, loads, m)),
         ("video", lambda m: video.run(rdir.scenes, ws, settings, rdir, loads, m)),
+        ("lipsync", lambda m: lipsync.run(rdir.scenes, ws, settings, loads, m)),
+        ("finish", lambda m: finish.run(rdir.scenes, ws, settings, rdir, record["stages"]["lipsync"]["synced"], loads, m)),
         ("assemble", lambda m: _assemble(rdir, ws, settings, script.title)),
     ]
     for label, fn in plan:
@@ -168,7 +170,7 @@ def _check_durations(seconds: list[float], settings: RenderSettings) -> None:
 
 def _assemble(rdir: RenderDir, ws: Any, settings: RenderSettings, title: str) -> dict[str, Any]:
     timings = [narration.timing(s) for s in rdir.scenes]
-    videos = [s.path("video.mp4") for s in rdir.scenes]
+    videos = [s.path("finished.mp4") for s in rdir.scenes]
     return assemble.run(rdir.scenes, videos, timings, ws, settings, rdir, title)
 
 

@@ -263,7 +263,7 @@ def speak(ctx: Ctx, text: str, output: Path, seed: int, steps: int, speed: float
 @click.option("--llm-model", help="Model name on that server.")
 @click.option("--anchor", type=click.Choice(["first-last", "restart"]), help="How long scenes stay anchored to their keyframe.")
 @click.option("--burn-subtitles", is_flag=True, default=None, help="Draw the subtitles into the picture as well.")
-@click.option("--until", type=click.Choice(["script", "narration", "keyframes", "video", "assemble"]),
+@click.option("--until", type=click.Choice(["script", "narration", "keyframes", "video", "lipsync", "finish", "assemble"]),
               help="Stop after this stage (e.g. review the script or keyframes first).")
 @json_option
 @click.pass_obj

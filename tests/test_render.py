@@ -20,8 +20,13 @@ from persona.media import stream_durations
 SCRIPT = Path(__file__).parent / "data" / "three_scenes.json"
 
 
+# Lanczos to a small frame keeps these tests fast; test_finish.py covers the upscaler model.
+FAST = {"finish": {"upscale": "lanczos", "output_height": 144}}
+
+
 def _render(ws, **kw):
-    return render(ws, None, script_file=kw.pop("script_file", SCRIPT), profile="demo", **kw)
+    return render(ws, None, script_file=kw.pop("script_file", SCRIPT), profile="demo",
+                  overrides=kw.pop("overrides", FAST), **kw)
 
 
 @pytest.fixture
@@ -44,7 +49,8 @@ def test_three_scenes_end_to_end(rendered):
         assert c.metadata["ai_generated"] == "true" and c.metadata["persona"] == ws.name
         assert "consent" in c.metadata["comment"] and "granted by" in c.metadata["consent"]
     record = read_json(rdir / "render.json")
-    assert record["completed"] and record["model_loads"] == {"f5-tts": 1, "flux": 1, "wan-flf2v": 1}
+    assert record["completed"] and record["model_loads"] == {"f5-tts": 1, "flux": 1, "wan-flf2v": 1, "film": 1}
+    assert record["stages"]["lipsync"]["skipped"] and record["stages"]["finish"]["interpolation"] == "film"
     assert record["stages"]["assemble"]["loudness"]["output_lufs"] == pytest.approx(-14, abs=1.0)
     seeds = [s["keyframe_seed"] for s in record["scenes"]]
     assert len(set(seeds)) == 3 and record["scenes"][0]["keyframe_prompt"].startswith(ws.token)
@@ -57,29 +63,37 @@ def test_editing_one_scene_redoes_only_that_scene(rendered):
     script = json.loads((rdir / "script.json").read_text())
     script["scenes"][1]["narration"] = "Every image is a grid of numbers, one per pixel."
     (rdir / "script.json").write_text(json.dumps(script))
-    again = render(ws, None, name="talk", profile="demo")  # no topic, no --script: the edited script.json
+    again = render(ws, None, name="talk", profile="demo", overrides=FAST)  # no topic, no --script: the edited script.json
     st = again["stages"]
     assert st["narration"]["rendered"] == ["02"] and st["narration"]["reused"] == ["01", "03"]
-    assert st["keyframes"]["rendered"] == [] and st["video"]["rendered"] == ["02"]
-    assert again["model_loads"] == {"f5-tts": 1, "wan-flf2v": 1}  # no keyframe to draw: FLUX never loaded
+    assert st["keyframes"]["rendered"] == [] and st["video"]["rendered"] == ["02"] and st["finish"]["rendered"] == ["02"]
+    assert again["model_loads"] == {"f5-tts": 1, "wan-flf2v": 1, "film": 1}  # no keyframe to draw: FLUX never loaded
     script["scenes"][2]["image_prompt"] = "the presenter in a garden, wide shot"
     (rdir / "script.json").write_text(json.dumps(script))
-    st = render(ws, None, name="talk", profile="demo")["stages"]
+    st = render(ws, None, name="talk", profile="demo", overrides=FAST)["stages"]
     assert st["narration"]["rendered"] == [] and st["keyframes"]["rendered"] == ["03"]
     assert st["video"]["rendered"] == ["03"]
     # a scene inserted in front moves the others: their work is found and copied, not redone
     script["scenes"].insert(0, script["scenes"][1])
     (rdir / "script.json").write_text(json.dumps(script))
-    again = render(ws, None, name="talk", profile="demo")
+    again = render(ws, None, name="talk", profile="demo", overrides=FAST)
     assert again["model_loads"] == {}
-    for stage in ("narration", "keyframes", "video"):
+    for stage in ("narration", "keyframes", "video", "finish"):
         assert again["stages"][stage]["moved"] == ["01", "02", "03", "04"] and again["stages"][stage]["rendered"] == []
     assert read_json(rdir / "scenes/04/keyframe.png.json")["copied_from"].endswith("03/keyframe.png")
 
 
 def test_killed_render_resumes_without_redoing_narration(render_pack):
+    import tomlkit
+
+    from persona.config import recipe_file
+
+    recipe = tomlkit.parse(recipe_file("render", "demo").read_text())
+    recipe["finish"].update(FAST["finish"])
+    fast = render_pack.root / "fast.toml"
+    fast.write_text(tomlkit.dumps(recipe))
     cmd = [sys.executable, "-m", "persona", "-w", str(render_pack.root), "render", "--script", str(SCRIPT),
-           "--profile", "demo", "--json"]
+           "--profile", str(fast), "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     scenes = render_pack.root / "renders" / "three_scenes" / "scenes"
     deadline = time.time() + 300
@@ -139,7 +153,7 @@ def test_disk_full_keeps_finished_stages(render_pack, monkeypatch):
     with pytest.raises(PersonaError, match="disk is full"):
         _render(render_pack)
     record = read_json(render_pack.root / "renders/three_scenes/render.json")
-    assert set(record["stages"]) == {"script", "narration", "keyframes"}
+    assert set(record["stages"]) == {"script", "narration", "keyframes"}  # video failed; the rest kept
     assert (render_pack.root / "renders/three_scenes/scenes/03/keyframe.png").exists()
 
 
@@ -149,4 +163,4 @@ def test_until_and_9_16(render_pack):
     assert s["final"] is None and set(s["stages"]) == {"script", "narration", "keyframes"}
     from PIL import Image
 
-    assert Image.open(Path(s["render"]) / "scenes/01/keyframe.png").size == (48, 64)
+    assert Image.open(Path(s["render"]) / "scenes/01/keyframe.png").size == (64, 128)
