@@ -17,7 +17,8 @@ import soundfile as sf
 
 from persona.data import clips as cliplib
 from persona.data import diarize, quality, vad
-from persona.data.voice import VoiceSettings, ingest_voice, missing_characters
+from persona.data.voice import VoiceSettings, ingest_voice
+from persona.data.voice_dataset import missing_characters
 from persona.errors import PersonaError
 from persona.files import write_json
 from persona.media import probe, read_audio, write_audio, write_video
@@ -224,7 +225,7 @@ def test_nothing_usable_raises_and_writes_nothing(make_workspace, interview, tmp
 
 # ------------------------------------------------------------------------------------------------
 # transcripts on the tiny Whisper and alignment models
-def test_transcripts_are_added_on_a_rerun_and_cached(make_workspace, tiny_models, interview, enroll_main):
+def test_transcripts_are_added_on_a_rerun_and_cached(make_workspace, tiny_models, interview, enroll_main, capfd):
     src, truth = interview
     ws = make_workspace(models=False)
     first = ingest_voice(ws, [src], VoiceSettings(), enroll=[enroll_main])
@@ -251,6 +252,7 @@ def test_transcripts_are_added_on_a_rerun_and_cached(make_workspace, tiny_models
     third = ingest_voice(ws, [src], settings, enroll=[enroll_main])
     _, report3, rows3 = dataset(ws)
     assert report3["transcription"]["transcribed_now"] == 0 and rows3 == rows and third["clips"] == second["clips"]
+    assert capfd.readouterr().out == ""  # stdout stays free for --json summaries
 
 
 def test_reference_clip_is_5_to_11_s_with_its_transcript(make_workspace, tiny_models, tmp_path):
