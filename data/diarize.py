@@ -129,7 +129,7 @@ class Decision:
 
 
 def decide(an: Analysis, profile: np.ndarray, target_similarity: float, window_similarity: float,
-           margin: float, spread: float = 0.05, rival_gap: float = 0.1) -> Decision:
+           margin: float, spread: float = 0.05, rival_gap: float = 0.1, floor: float = 0.7) -> Decision:
     """Where the target speaks alone in this recording.
 
     Target clusters are close to the profile (>= target_similarity) and nearly as close as the
@@ -150,12 +150,17 @@ def decide(an: Analysis, profile: np.ndarray, target_similarity: float, window_s
         # The target's voice as it sounds in this recording: the half of its windows most like the profile.
         in_domain = [an.centroid(_half(np.flatnonzero(an.labels == c), psim)) for c in targets]
         s_target = (an.embeddings @ np.stack(in_domain).T).max(1)
+        # Some voices vary more than others: the bar is lowered for a recording whose target
+        # windows spread widely (down to `floor`), so a lively speaker is not cut to pieces.
+        own = s_target[np.isin(an.labels, targets)]
+        med = float(np.median(own))
+        bar = max(floor, min(window_similarity, med - 2.5 * 1.4826 * float(np.median(np.abs(own - med)))))
         rivals = [c for c in range(len(cents)) if csim[c] < best - rival_gap]
         # Each rival as it sounds apart from the target: the half of its windows least like the
         # profile (a cluster of overlapped speech otherwise carries the target's voice too).
         rival_cents = [an.centroid(_half(np.flatnonzero(an.labels == c), -psim)) for c in rivals]
         s_other = (an.embeddings @ np.stack(rival_cents).T).max(1) if rivals else np.full(len(psim), -1.0)
-        clean = ~np.isin(an.labels, rivals) & (s_target >= window_similarity) & (s_target - s_other >= margin)
+        clean = ~np.isin(an.labels, rivals) & (s_target >= bar) & (s_target - s_other >= margin)
     return Decision(targets, best, psim, clean, _erode(an, clean, n_frames))
 
 
