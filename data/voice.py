@@ -55,7 +55,8 @@ class VoiceSettings(BaseModel):
                                    "is a pause between words, where a clip may be cut")
     cluster_distance: float = Field(0.3, gt=0, lt=2, description="cosine distance that separates speaker clusters")
     target_similarity: float = Field(0.84, ge=-1, le=1, description="a cluster is the target's at this similarity to the profile")
-    window_similarity: float = Field(0.80, ge=-1, le=1, description="a window is the target's at this similarity to its voice in the recording")
+    window_similarity: float = Field(0.80, ge=-1, le=1, description="a window is the target's at this similarity to "
+                                     "its voice in the recording (lowered, not below 0.7, for a widely varying voice)")
     speaker_margin: float = Field(0.08, ge=0, description="... and this much closer to it than to any other voice")
     min_snr_db: float = 15.0
     max_clipping: float = Field(0.001, ge=0, description="share of samples at full scale")
