@@ -157,7 +157,8 @@ def _fallback_image_dataset(d: Demo) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     for i, (t, frame) in enumerate(iter_frames(d.footage["files"]["lecture"], fps=1.0)):
         Image.fromarray(frame).save(folder / f"{i:04d}.png")
-        write_text(folder / f"{i:04d}.txt", f"{ws.token}, an astronaut in an orange suit, studio portrait, frame at {t:.0f} s")
+        caption = f"{ws.token}, an astronaut in an orange suit, studio portrait, frame at {t:.0f} s"
+        write_text(folder / f"{i:04d}.txt", caption)
     ws.update("datasets", {"images": ws.relative(folder)})
     return ws.relative(folder)
 

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -89,9 +90,10 @@ def test_demo_keeps_a_workspace(tmp_path):
     out = run("demo", "--keep", str(tmp_path / "d"), "--json")
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout)
-    assert summary["kept"] and set(summary["steps"]) >= {"tiny models", "footage", "init", "doctor"}
+    assert summary["kept"] and set(summary["steps"]) >= {"tiny models", "footage", "init", "doctor", "train-lora"}
     from persona.workspace import Workspace
 
     ws = Workspace(tmp_path / "d" / "workspace")
     assert ws.pack.consent is not None and ws.pack.models["flux"].endswith("flux")
+    assert ws.pack.lora is not None and ws.path(ws.pack.lora.path) == Path(summary["lora"])
     assert summary["doctor_missing"] == ["latentsync", "sd-scripts"]

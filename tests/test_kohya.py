@@ -63,13 +63,16 @@ def test_dataset_and_arguments_follow_the_recipe(kohya_ws):
 
     flat = {k: v for section in args.values() for k, v in section.items()}
     assert flat["pretrained_model_name_or_path"] == str(flux / "flux1-dev.safetensors")
-    assert flat["ae"] == str(flux / "ae.safetensors") and flat["clip_l"] == str(flux / "text_encoder" / "model.safetensors")
+    assert flat["ae"] == str(flux / "ae.safetensors")
+    assert flat["clip_l"] == str(flux / "text_encoder" / "model.safetensors")
     assert flat["t5xxl"] == str(flux / "text_encoder_2" / "model.safetensors")
     assert flat["network_module"] == "networks.lora_flux"
-    assert (flat["network_dim"], flat["network_alpha"], flat["learning_rate"], flat["max_train_steps"]) == (16, 16.0, 1e-4, 800)
-    assert (flat["timestep_sampling"], flat["discrete_flow_shift"], flat["model_prediction_type"]) == ("shift", 3.1582, "raw")
+    assert (flat["network_dim"], flat["network_alpha"], flat["learning_rate"]) == (16, 16.0, 1e-4)
+    assert flat["max_train_steps"] == 800 and flat["timestep_sampling"] == "shift"
+    assert flat["discrete_flow_shift"] == 3.1582 and flat["model_prediction_type"] == "raw"
     assert flat["guidance_scale"] == 1.0 and flat["fp8_base"] is True and flat["optimizer_type"] == "AdamW8bit"
-    assert flat["cache_latents_to_disk"] and flat["cache_text_encoder_outputs_to_disk"] and flat["network_train_unet_only"]
+    assert flat["cache_latents_to_disk"] and flat["cache_text_encoder_outputs_to_disk"]
+    assert flat["network_train_unet_only"]
     assert flat["mixed_precision"] == "bf16" and flat["gradient_checkpointing"] is True
     assert flat["save_every_n_steps"] == 250 and flat["save_state"] is True and "resume" not in flat
     assert flat["dataset_config"] == str(job["dataset_toml"]) and flat["output_dir"] == str(job["out_dir"])

@@ -244,8 +244,8 @@ def prepare(ws: Any, s: LoraSettings, base: Path, examples: list, run: Path, res
                            fix="run without --resume to start training")
     state = state if resume is not False else None
     if s.base_precision == "nf4":
-        warn("sd-scripts has no NF4: it trains with fp8 base weights"
-             + (f" and {s.kohya_blocks_to_swap} blocks swapped to the CPU" if s.kohya_blocks_to_swap else ""), once=True)
+        swap = f" and {s.kohya_blocks_to_swap} blocks swapped to the CPU" if s.kohya_blocks_to_swap else ""
+        warn(f"sd-scripts has no NF4: it trains with fp8 base weights{swap}", once=True)
     files = model_files(base, s, ws.root / "cache" / "lora" / "kohya")
     dataset_toml, args_toml, prompts = work / "dataset.toml", work / "args.toml", work / "sample_prompts.txt"
     import tomlkit
@@ -285,7 +285,8 @@ def train_kohya(ws: Any, s: LoraSettings, base: Path, examples: list, run: Path,
     if rc != 0:
         last = first_error(tail)
         write_text(run / "kohya" / "last-output.txt", "\n".join(tail) + "\n")
-        raise PersonaError(f"sd-scripts failed (exit {rc}): {last.strip()[:300]}", file=run / "kohya" / "last-output.txt",
+        raise PersonaError(f"sd-scripts failed (exit {rc}): {last.strip()[:300]}",
+                           file=run / "kohya" / "last-output.txt",
                            fix="read the log; check the checkout's environment (`accelerate`, its requirements)")
     if not job["lora"].exists():
         raise PersonaError("sd-scripts finished without writing the LoRA", file=job["out_dir"],

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from persona.config import list_recipes, load_recipe, resolve_settings
 from persona.errors import PersonaError
@@ -54,8 +54,8 @@ class LoraSettings(BaseModel):
     alpha: float = Field(16.0, gt=0)
     lr: float = Field(1e-4, gt=0)
     steps: int = Field(1500, ge=1)
+    bucket_step: int = Field(64, ge=16, description="bucket sides are multiples of this (pixels)")
     resolutions: list[int] = Field(default_factory=lambda: [512], min_length=1)
-    bucket_step: int = Field(64, ge=16)
     batch_size: int = Field(1, ge=1)
     gradient_accumulation: int = Field(1, ge=1)
     timestep_sampling: Literal["shift", "sigmoid", "flux_shift"] = "shift"
@@ -87,13 +87,24 @@ class LoraSettings(BaseModel):
     kohya_t5xxl: str | None = Field(None, description="T5-XXL as one .safetensors file, for --backend kohya")
     kohya_args: dict[str, Any] = Field(default_factory=dict, description="extra sd-scripts options")
 
+    @field_validator("bucket_step")
+    @classmethod
+    def _step(cls, step: int) -> int:
+        if step % 16:
+            raise ValueError(f"{step} is not a multiple of 16")
+        return step
+
+    @field_validator("resolutions")
+    @classmethod
+    def _resolutions(cls, resolutions: list[int], info: ValidationInfo) -> list[int]:
+        step = info.data.get("bucket_step", 64)
+        bad = [r for r in resolutions if r <= 0 or r % step]
+        if bad:
+            raise ValueError(f"{bad} must be positive multiples of bucket_step ({step})")
+        return resolutions
+
     @model_validator(mode="after")
     def _consistent(self) -> "LoraSettings":
-        if self.bucket_step % 16:
-            raise ValueError(f"bucket_step {self.bucket_step} must be a multiple of 16")
-        bad = [r for r in self.resolutions if r % self.bucket_step or r <= 0]
-        if bad:
-            raise ValueError(f"resolutions {bad} must be positive multiples of bucket_step ({self.bucket_step})")
         if self.sample_size % 16:
             raise ValueError(f"sample_size {self.sample_size} must be a multiple of 16")
         if self.base_precision == "bf16" and self.mixed_precision != "bf16":

@@ -73,7 +73,8 @@ def read_examples(folder: Path, token: str) -> tuple[list[Example], int]:
             with Image.open(p) as im:
                 size = im.size
         except (UnidentifiedImageError, OSError) as e:
-            raise PersonaError(f"cannot read this image ({e})", file=p, fix="remove it or re-run `persona ingest`") from None
+            raise PersonaError(f"cannot read this image ({e})", file=p,
+                               fix="remove it or re-run `persona ingest`") from None
         examples.append(Example(p, caption, hash_file(p), size))
     return examples, added
 

@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 
 from persona.errors import PersonaError
-from persona.files import hash_json, write_json
+from persona.files import atomic_path, hash_json, write_json
 from persona.progress import info, meter, warn
 from persona.train import lora_data as data
 from persona.train.lora import TARGET_MODULES, LoraSettings
@@ -89,7 +89,8 @@ def train_native(ws: Any, s: LoraSettings, base: Path, examples: list[data.Examp
             if bar is not None:
                 bar.advance(1, loss=loss, **{"steps/s": rate})
                 if not _terminal() and ((step - start) % log_every == 0 or step == s.steps):
-                    say(f"step {step}/{s.steps}  loss {loss:.4f}  {rate:.2f} steps/s  ETA {(s.steps - step) / rate:.0f} s")
+                    eta = (s.steps - step) / rate
+                    say(f"step {step}/{s.steps}  loss {loss:.4f}  {rate:.2f} steps/s  ETA {eta:.0f} s")
             if s.checkpoint_every and step % s.checkpoint_every == 0 and step < s.steps:
                 save_checkpoint(acc, run / "checkpoints", step, model, optimizer, scheduler, losses, key,
                                 s.keep_checkpoints)
@@ -403,7 +404,8 @@ class Sampler:
 
     def __init__(self, base: Path, s: LoraSettings, cache: data.Cache, rows: list[str], text_id: str, acc, folder: Path,
                  dtype: torch.dtype):
-        self.base, self.s, self.cache, self.rows, self.acc, self.folder, self.dtype = base, s, cache, rows, acc, folder, dtype
+        self.base, self.s, self.cache, self.rows, self.acc = base, s, cache, rows, acc
+        self.folder, self.dtype = folder, dtype
         self.keys = [data.text_key(r, text_id, s.max_text_tokens) for r in rows]
         self._vae = None
 
@@ -415,19 +417,20 @@ class Sampler:
             self._vae = AutoencoderKL.from_pretrained(str(self.base), subfolder="vae", dtype=self.dtype)
             self._vae.to(self.acc.device).eval()
         net = self.acc.unwrap_model(model)
-        pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(str(self.base), subfolder="scheduler"),
-                            vae=self._vae, text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
-                            transformer=net)
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(self.base), subfolder="scheduler")
+        pipe = FluxPipeline(scheduler=scheduler, vae=self._vae, transformer=net, text_encoder=None, tokenizer=None,
+                            text_encoder_2=None, tokenizer_2=None)
         pipe.set_progress_bar_config(disable=True)
         size, images = self.s.sample_size, []
         net.eval()
         try:
             with self.acc.autocast():
                 for key in self.keys:
-                    text = data.load_cached(self.cache.text(key))
+                    text = {k: v[None].to(self.acc.device, self.dtype)
+                            for k, v in data.load_cached(self.cache.text(key)).items()}
                     for seed in self.s.sample_seeds:
-                        images.append(pipe(prompt_embeds=text["prompt_embeds"][None].to(self.acc.device, self.dtype),
-                                           pooled_prompt_embeds=text["pooled_prompt_embeds"][None].to(self.acc.device, self.dtype),
+                        images.append(pipe(prompt_embeds=text["prompt_embeds"],
+                                           pooled_prompt_embeds=text["pooled_prompt_embeds"],
                                            height=size, width=size, num_inference_steps=self.s.sample_steps,
                                            guidance_scale=self.s.sample_guidance, output_type="pil",
                                            generator=torch.Generator("cpu").manual_seed(seed)).images[0])
@@ -437,10 +440,9 @@ class Sampler:
         sheet = Image.new("RGB", (cols * size, len(self.rows) * size), "white")
         for i, im in enumerate(images):
             sheet.paste(im, ((i % cols) * size, (i // cols) * size))
-        from persona.files import atomic_path
-
         out = self.folder / f"step-{step:06d}.png"
         with atomic_path(out) as tmp:
             sheet.save(tmp, format="PNG")
-        write_json(out.with_suffix(".json"), {"step": step, "rows": self.rows, "seeds": self.s.sample_seeds, "size": size})
+        write_json(out.with_suffix(".json"),
+                   {"step": step, "rows": self.rows, "seeds": self.s.sample_seeds, "size": size})
         return str(out)
