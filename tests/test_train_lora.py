@@ -253,12 +253,17 @@ def test_two_processes_train_the_same_lora_as_one(lora_ws, tmp_path):
     assert_same_lora(lora_tensors(accumulated["lora"]), two, atol=1e-5)
 
 
-def test_fp8_base_weights_train_on_cpu(lora_ws):
-    """The 24 GB recipe's fp8 storage (diffusers' layerwise casting) with fp32 compute."""
-    summary = train_lora(lora_ws, tiny(base_precision="fp8", steps=2, sample_every=0, checkpoint_every=0), force=True)
+@pytest.mark.parametrize("base, compute", [("fp8", "no"), ("bf16", "bf16")])
+def test_reduced_precision_paths_run_on_cpu(lora_ws, base, compute):
+    """The 24 GB recipe's fp8 storage (diffusers' layerwise casting) and the 80 GB recipe's bf16
+    weights with bf16 autocast, here on CPU; the LoRA itself trains in fp32 and is saved in bf16."""
+    s = tiny(base_precision=base, mixed_precision=compute, save_precision="bf16", steps=2, checkpoint_every=0)
+    summary = train_lora(lora_ws, s, force=True)
     tensors = lora_tensors(summary["lora"])
+    assert {v.dtype for k, v in tensors.items() if "lora_" in k} == {torch.bfloat16}
     assert all(torch.isfinite(v).all() for v in tensors.values())
     assert max(v.abs().max().item() for k, v in tensors.items() if "lora_B" in k) > 0  # B starts at zero
+    assert [Path(p).name for p in summary["samples"]] == ["step-000000.png", "step-000002.png"]
 
 
 def test_refusals(lora_ws, make_workspace, tmp_path):

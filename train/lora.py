@@ -230,7 +230,7 @@ def train_lora(ws: Any, settings: LoraSettings, *, recipe: str | None = None, ba
     key = hash_json({"settings": settings.trajectory(), "dataset": dhash, "base": str(base), "backend": backend,
                      "samples_per_step": settings.batch_size * settings.gradient_accumulation * world_size()})
     out = output_path(ws, settings)
-    if not force and resume is not True and is_fresh(out, key):
+    if not force and is_fresh(out, key):
         summary = {**read_json(record_path(out))["summary"], "skipped": True}
         if is_main_process():
             info(f"{ws.relative(out)} is up to date with these settings and this dataset (--force trains again)")

@@ -50,7 +50,9 @@ def train_native(ws: Any, s: LoraSettings, base: Path, examples: list[data.Examp
         raise PersonaError(f"{what} needs a CUDA GPU (bitsandbytes)",
                            fix="train on a GPU, or use base_precision fp32/fp8 and optimizer adamw")
     with stdout_to_stderr():  # gloo prints "[Gloo] Rank 0 is connected ..." on stdout, kept for --json
-        acc = Accelerator(cpu=cpu, mixed_precision=s.mixed_precision)
+        # Mixed precision is applied with torch.autocast below rather than by accelerate, whose
+        # process-wide state cannot change precision between two trainings in one process.
+        acc = Accelerator(cpu=cpu, mixed_precision="no")
         acc.wait_for_everyone()
     compute = torch.bfloat16 if s.mixed_precision == "bf16" else torch.float32
     d = prepare_data(acc, ws, s, base, examples, compute)
@@ -148,6 +150,10 @@ def restore_or_start(acc, s: LoraSettings, ckpts: Path, resume: bool | None, mod
     torch.manual_seed(s.seed + 1 + acc.process_index)  # for LoRA dropout; each process its own
     random.seed(s.seed + 1 + acc.process_index)
     return 0, []
+
+
+def autocast(acc, s: LoraSettings):
+    return torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=s.mixed_precision == "bf16")
 
 
 @contextlib.contextmanager
@@ -307,7 +313,7 @@ def train_step(model, optimizer, scheduler, acc, s: LoraSettings, group: list[in
         b, c, h, w = latents.shape
         target = FluxPipeline._pack_latents(noise - latents, b, c, h, w).to(acc.device, torch.float32)
         sync = acc.no_sync(model) if m < s.gradient_accumulation - 1 else contextlib.nullcontext()
-        with sync, acc.autocast():
+        with sync, autocast(acc, s):
             pred = flux_forward(model, noisy, t.view(-1).to(acc.device, dtype), embeds.to(acc.device, dtype),
                                 pooled.to(acc.device, dtype), s.guidance if guidance_embeds else None)
             loss = torch.nn.functional.mse_loss(pred.float(), target)
@@ -424,7 +430,7 @@ class Sampler:
         size, images = self.s.sample_size, []
         net.eval()
         try:
-            with self.acc.autocast():
+            with autocast(self.acc, self.s):
                 for key in self.keys:
                     text = {k: v[None].to(self.acc.device, self.dtype)
                             for k, v in data.load_cached(self.cache.text(key)).items()}
