@@ -197,13 +197,62 @@ def step_speak(d: Demo) -> str:
     return f"{out / 'hello.wav'} ({short['seconds']:.2f} s), {out / 'longer.wav'} ({long['seconds']:.2f} s)"
 
 
+def _fallback_image_dataset(d: Demo) -> str:
+    """A small captioned image dataset from frames of the demo footage, laid out as `persona ingest`
+    writes one (NNNN.png + NNNN.txt starting with the token), for when ingest has not filled
+    [datasets].images. The lecture video shows only the persona, so every frame is of them."""
+    from PIL import Image
+
+    from persona.files import write_text
+    from persona.media import iter_frames
+
+    ws = d.workspace
+    folder = ws.root / "datasets" / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (t, frame) in enumerate(iter_frames(d.footage["files"]["lecture"], fps=1.0)):
+        Image.fromarray(frame).save(folder / f"{i:04d}.png")
+        caption = f"{ws.token}, an astronaut in an orange suit, studio portrait, frame at {t:.0f} s"
+        write_text(folder / f"{i:04d}.txt", caption)
+    ws.update("datasets", {"images": ws.relative(folder)})
+    return ws.relative(folder)
+
+
+def step_train_lora(d: Demo) -> str:
+    from persona.train.lora import resolve, train_lora
+
+    if d.workspace.pack.datasets.images is None:
+        _fallback_image_dataset(d)
+    settings, recipe = resolve("tiny-cpu")
+    summary = train_lora(d.workspace, settings, recipe=recipe)
+    d.results["lora"] = summary["lora"]
+    return (f"{d.workspace.relative(summary['lora'])}: {summary['steps']} steps on {summary['images']} images, "
+            f"loss {summary['final_loss']}, {len(summary.get('samples', []))} sample grids")
+
+
+def step_render(d: Demo) -> str:
+    from persona.inference.render import render
+    from persona.media import probe
+
+    topic = d.root / "topic.txt"
+    topic.write_text("How a computer learns to see: pixels, then edges, then shapes, then whole objects.\n")
+    summary = render(d.workspace, topic, profile="demo")
+    final = probe(summary["final"])
+    d.results["render"] = {"final": summary["final"], "seconds": round(final.duration, 2), "fps": final.fps,
+                           "size": [final.width, final.height], "scenes": summary["scenes"],
+                           "model_loads": summary["model_loads"]}
+    return (f"{summary['final']}: {summary['scenes']} scenes, {final.duration:.1f} s, {final.width}x{final.height} "
+            f"at {final.fps:g} fps (script by the tiny LLM, narration, keyframes, video, interpolation, upscaling)")
+
+
 STEPS: list[tuple[str, Callable[[Demo], str]]] = [
     ("tiny models", step_models),
     ("footage", step_footage),
     ("init", step_init),
     ("doctor", step_doctor),
+    ("train-lora", step_train_lora),
     ("train-voice", step_train_voice),
     ("speak", step_speak),
+    ("render", step_render),
 ]
 
 

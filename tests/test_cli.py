@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -89,10 +90,14 @@ def test_demo_keeps_a_workspace(tmp_path):
     out = run("demo", "--keep", str(tmp_path / "d"), "--json")
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout)
-    assert summary["kept"] and set(summary["steps"]) >= {"tiny models", "footage", "init", "doctor", "train-voice", "speak"}
+    assert summary["kept"] and set(summary["steps"]) >= {"tiny models", "footage", "init", "doctor", "train-lora",
+                                                          "train-voice", "speak"}
     assert 0 < summary["speak_seconds"][0] < summary["speak_seconds"][1]
+    video = summary["render"]
+    assert video["fps"] >= 30 and min(video["size"]) >= 720 and video["seconds"] > 0
     from persona.workspace import Workspace
 
     ws = Workspace(tmp_path / "d" / "workspace")
     assert ws.pack.consent is not None and ws.pack.models["flux"].endswith("flux")
+    assert ws.pack.lora is not None and ws.path(ws.pack.lora.path) == Path(summary["lora"])
     assert summary["doctor_missing"] == ["latentsync", "sd-scripts"]

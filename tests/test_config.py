@@ -13,6 +13,7 @@ RECIPE_SETTINGS: dict[str, str] = {
     "render": "persona.inference.plan:RenderSettings",
     "voice": "persona.train.voice:VoiceSettings",
     "ingest-voice": "persona.data.voice:VoiceSettings",
+    "lora": "persona.train.lora:LoraSettings",
 }
 
 
