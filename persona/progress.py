@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -36,6 +37,12 @@ def quiet_libraries() -> None:
         os.environ.setdefault(var, "error")
     for name in ("bitsandbytes", "torch.utils.cpp_extension"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    import warnings
+
+    # Notices about upstream internals that users cannot act on: torchaudio's planned switch to
+    # torchcodec (f5-tts calls torchaudio.load), and pydub looking for an ffmpeg it never uses here.
+    warnings.filterwarnings("ignore", message=r"In 2\.9, this function's implementation")
+    warnings.filterwarnings("ignore", message="Couldn't find ffmpeg or avconv")
 
 
 def info(message: str) -> None:
@@ -43,12 +50,12 @@ def info(message: str) -> None:
 
 
 def warn(message: str, once: bool = False) -> None:
-    """A warning line; with once=True the same text is shown only once per process."""
+    """A warning line (plain text, not markup); with once=True it is shown once per process."""
     if once:
         if message in _warned:
             return
         _warned.add(message)
-    console.print(f"[yellow]warning:[/yellow] {message}")
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
 def _bar(extra: str = "") -> Progress:
@@ -63,11 +70,14 @@ def _bar(extra: str = "") -> Progress:
     ]
     if extra:
         columns.append(TextColumn(extra))
-    return Progress(*columns, console=console, transient=False, disable=not console.is_terminal)
+    return Progress(*columns, console=console, transient=False)
 
 
 def track(items: Iterable[T], description: str, total: float | None = None) -> Iterator[T]:
-    """Iterate with a progress bar (elapsed time and ETA)."""
+    """Iterate with a progress bar (elapsed time and ETA) when stderr is a terminal."""
+    if not console.is_terminal:
+        yield from items
+        return
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
     with _bar() as bar:
@@ -78,16 +88,19 @@ def track(items: Iterable[T], description: str, total: float | None = None) -> I
 
 
 class Meter:
-    """A progress bar advanced by hand, with free-form status (e.g. loss, steps/s)."""
+    """A progress bar advanced by hand, with free-form status (e.g. loss, steps/s); silent when
+    stderr is not a terminal (logs get the summary lines instead of redraws)."""
 
-    def __init__(self, bar: Progress, task: Any):
+    def __init__(self, bar: Progress | None, task: Any):
         self._bar, self._task = bar, task
 
     def advance(self, n: float = 1, **status: Any) -> None:
-        self._bar.update(self._task, advance=n, status=_format_status(status))
+        if self._bar is not None:
+            self._bar.update(self._task, advance=n, status=_format_status(status))
 
     def update(self, completed: float | None = None, total: float | None = None, **status: Any) -> None:
-        self._bar.update(self._task, completed=completed, total=total, status=_format_status(status))
+        if self._bar is not None:
+            self._bar.update(self._task, completed=completed, total=total, status=_format_status(status))
 
 
 def _format_status(status: dict[str, Any]) -> str:
@@ -99,6 +112,9 @@ def _format_status(status: dict[str, Any]) -> str:
 
 @contextlib.contextmanager
 def meter(description: str, total: float | None, completed: float = 0) -> Iterator[Meter]:
+    if not console.is_terminal:
+        yield Meter(None, None)
+        return
     with _bar("{task.fields[status]}") as bar:
         task = bar.add_task(description, total=total, completed=completed, status="")
         yield Meter(bar, task)
