@@ -149,26 +149,49 @@ def doctor(ctx: Ctx, as_json: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-@cli.command(context_settings=CONTEXT)
-@click.option("--keep", type=click.Path(file_okay=False, path_type=Path),
-              help="Work in DIR and keep it (workspace, tiny models, footage, outputs).")
+@cli.command("train-lora", context_settings=CONTEXT)
+@click.option("--recipe", metavar="NAME|FILE",
+              help="flux-dev-12gb, -16gb, -24gb, -80gb, tiny-cpu, or a .toml file "
+                   "(default: the largest shipped recipe this GPU fits).")
+@click.option("--steps", type=click.IntRange(min=1), help="Training steps (overrides the recipe).")
+@click.option("--rank", type=click.IntRange(min=1), help="LoRA rank (overrides the recipe; alpha stays as the recipe sets it).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (overrides the recipe).")
+@click.option("--resolution", "resolutions", type=click.IntRange(min=16), multiple=True,
+              help="Training resolution; repeat for multi-resolution, e.g. --resolution 512 --resolution 1024.")
+@click.option("--backend", type=click.Choice(["native", "kohya"]), default="native", show_default=True,
+              help="native: diffusers + peft + accelerate; kohya: your sd-scripts checkout ($PERSONA_SD_SCRIPTS).")
+@click.option("--resume/--restart", default=None,
+              help="Continue from the last checkpoint of this run (the default when one exists; --resume fails "
+                   "without one) or start over.")
+@click.option("--force", is_flag=True, help="Train again even if the LoRA is up to date with these settings and data.")
 @json_option
-def demo(keep: Path | None, as_json: bool) -> None:
-    """Run every verb end to end on tiny random-weight models and demo footage, offline, on CPU.
+@click.pass_obj
+def train_lora(ctx: Ctx, recipe: str | None, steps: int | None, rank: int | None, lr: float | None,
+               resolutions: tuple[int, ...], backend: str, resume: bool | None, force: bool, as_json: bool) -> None:
+    """Train the persona's FLUX.1-dev LoRA from the image dataset (`persona ingest`).
 
-    The footage is made from material inside installed wheels (scikit-image's public-domain NASA
-    astronaut portrait, animated; the f5-tts example recording with its transcript). Outputs are
-    meaningless pictures and noise: the demo checks the plumbing, not the quality.
+    Latents and text embeddings are cached first; sample grids (with and without the trigger token,
+    fixed seeds) and checkpoints are written every N steps under runs/lora/; the LoRA goes to
+    lora/NAME-flux-rRANK.safetensors and into persona.toml's [lora]. Works under
+    `accelerate launch` with several processes.
 
     \b
     Examples:
-      persona demo
-      persona demo --keep /tmp/demo --json
+      persona train-lora
+      persona train-lora --recipe flux-dev-24gb --steps 2000 --resolution 512 --resolution 1024
+      persona train-lora --backend kohya --recipe flux-dev-12gb
+      accelerate launch --multi_gpu --num_processes 2 -m persona train-lora --recipe flux-dev-80gb
+      persona -w mikebot train-lora --recipe tiny-cpu --json
     """
-    from persona.demo import run_demo
+    from persona.train.lora import resolve
+    from persona.train.lora import train_lora as train
 
-    summary = run_demo(keep)
-    emit(summary, as_json)
+    ws = ctx.workspace()
+    overrides = {"steps": steps, "rank": rank, "lr": lr, "resolutions": list(resolutions) or None}
+    settings, name = resolve(recipe, overrides)
+    summary = train(ws, settings, recipe=name, backend=backend, resume=resume, force=force)
+    if summary is not None:  # None on the other processes of `accelerate launch`
+        emit(summary, as_json)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -299,49 +322,26 @@ def render(ctx: Ctx, topic: Path | None, script_file: Path | None, name: str | N
 
 
 # ------------------------------------------------------------------------------------------------
-@cli.command("train-lora", context_settings=CONTEXT)
-@click.option("--recipe", metavar="NAME|FILE",
-              help="flux-dev-12gb, -16gb, -24gb, -80gb, tiny-cpu, or a .toml file "
-                   "(default: the largest shipped recipe this GPU fits).")
-@click.option("--steps", type=click.IntRange(min=1), help="Training steps (overrides the recipe).")
-@click.option("--rank", type=click.IntRange(min=1), help="LoRA rank (overrides the recipe; alpha stays as the recipe sets it).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (overrides the recipe).")
-@click.option("--resolution", "resolutions", type=click.IntRange(min=16), multiple=True,
-              help="Training resolution; repeat for multi-resolution, e.g. --resolution 512 --resolution 1024.")
-@click.option("--backend", type=click.Choice(["native", "kohya"]), default="native", show_default=True,
-              help="native: diffusers + peft + accelerate; kohya: your sd-scripts checkout ($PERSONA_SD_SCRIPTS).")
-@click.option("--resume/--restart", default=None,
-              help="Continue from the last checkpoint of this run (the default when one exists; --resume fails "
-                   "without one) or start over.")
-@click.option("--force", is_flag=True, help="Train again even if the LoRA is up to date with these settings and data.")
+@cli.command(context_settings=CONTEXT)
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path),
+              help="Work in DIR and keep it (workspace, tiny models, footage, outputs).")
 @json_option
-@click.pass_obj
-def train_lora(ctx: Ctx, recipe: str | None, steps: int | None, rank: int | None, lr: float | None,
-               resolutions: tuple[int, ...], backend: str, resume: bool | None, force: bool, as_json: bool) -> None:
-    """Train the persona's FLUX.1-dev LoRA from the image dataset (`persona ingest`).
+def demo(keep: Path | None, as_json: bool) -> None:
+    """Run every verb end to end on tiny random-weight models and demo footage, offline, on CPU.
 
-    Latents and text embeddings are cached first; sample grids (with and without the trigger token,
-    fixed seeds) and checkpoints are written every N steps under runs/lora/; the LoRA goes to
-    lora/NAME-flux-rRANK.safetensors and into persona.toml's [lora]. Works under
-    `accelerate launch` with several processes.
+    The footage is made from material inside installed wheels (scikit-image's public-domain NASA
+    astronaut portrait, animated; the f5-tts example recording with its transcript). Outputs are
+    meaningless pictures and noise: the demo checks the plumbing, not the quality.
 
     \b
     Examples:
-      persona train-lora
-      persona train-lora --recipe flux-dev-24gb --steps 2000 --resolution 512 --resolution 1024
-      persona train-lora --backend kohya --recipe flux-dev-12gb
-      accelerate launch --multi_gpu --num_processes 2 -m persona train-lora --recipe flux-dev-80gb
-      persona -w mikebot train-lora --recipe tiny-cpu --json
+      persona demo
+      persona demo --keep /tmp/demo --json
     """
-    from persona.train.lora import resolve
-    from persona.train.lora import train_lora as train
+    from persona.demo import run_demo
 
-    ws = ctx.workspace()
-    overrides = {"steps": steps, "rank": rank, "lr": lr, "resolutions": list(resolutions) or None}
-    settings, name = resolve(recipe, overrides)
-    summary = train(ws, settings, recipe=name, backend=backend, resume=resume, force=force)
-    if summary is not None:  # None on the other processes of `accelerate launch`
-        emit(summary, as_json)
+    summary = run_demo(keep)
+    emit(summary, as_json)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -180,7 +180,8 @@ REGISTRY: dict[str, ModelSpec] = {
             kind="checkout",
             url="https://github.com/kohya-ss/sd-scripts",
             required=("flux_train_network.py",),
-            note="only needed for --backend kohya",
+            note="only needed for --backend kohya; it also needs FLUX.1-dev's single files: "
+                 "hf download black-forest-labs/FLUX.1-dev ae.safetensors flux1-dev.safetensors",
         ),
     ]
 }
@@ -255,7 +256,7 @@ def locate(key: str, explicit: str | Path | None = None, models: dict[str, str] 
     if found is not None:
         raise PersonaError(
             f"{m.title}: {'; '.join(found.problems)} (from {found.source})",
-            fix=f"point it at a complete copy; `persona doctor` shows what is expected",
+            fix="point it at a complete copy; `persona doctor` shows what is expected",
         )
     raise PersonaError(
         f"{m.title} not found (looked at [models].{key} in persona.toml, ${m.env}, and the Hugging Face cache)",
