@@ -54,7 +54,14 @@ def emit(summary: dict[str, Any], as_json: bool) -> None:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 
 
-@click.group(context_settings=CONTEXT)
+class LifecycleOrder(click.Group):
+    """List verbs in the order they are used (init ... render), not alphabetically."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(cls=LifecycleOrder, context_settings=CONTEXT)
 @click.option("-w", "--workspace", type=click.Path(file_okay=False, path_type=Path),
               help="Workspace folder (default: the nearest folder upwards holding persona.toml).")
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
