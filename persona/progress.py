@@ -88,19 +88,42 @@ def track(items: Iterable[T], description: str, total: float | None = None) -> I
 
 
 class Meter:
-    """A progress bar advanced by hand, with free-form status (e.g. loss, steps/s); silent when
-    stderr is not a terminal (logs get the summary lines instead of redraws)."""
+    """A progress bar advanced by hand, with free-form status (e.g. loss, steps/s). When stderr is not
+    a terminal (logs, CI) it prints a line at every tenth of the way instead of redrawing a bar."""
 
-    def __init__(self, bar: Progress | None, task: Any):
+    def __init__(self, bar: Progress | None, task: Any, description: str = "", total: float | None = None,
+                 completed: float = 0):
         self._bar, self._task = bar, task
+        self._description, self._total, self._done = description, total, completed
+        self._start, self._t0, self._next_line = completed, time.perf_counter(), 0.1
 
     def advance(self, n: float = 1, **status: Any) -> None:
         if self._bar is not None:
             self._bar.update(self._task, advance=n, status=_format_status(status))
+        else:
+            self._log(self._done + n, status)
 
     def update(self, completed: float | None = None, total: float | None = None, **status: Any) -> None:
         if self._bar is not None:
             self._bar.update(self._task, completed=completed, total=total, status=_format_status(status))
+        else:
+            self._total = total if total is not None else self._total
+            self._log(completed if completed is not None else self._done, status)
+
+    def _log(self, done: float, status: dict[str, Any]) -> None:
+        self._done = done
+        if not self._total:
+            return
+        fraction = done / self._total
+        if fraction + 1e-9 < self._next_line and done < self._total:
+            return
+        self._next_line = (int(fraction * 10) + 1) / 10
+        elapsed = time.perf_counter() - self._t0
+        rate = (done - self._start) / elapsed if elapsed > 0 else 0.0
+        eta = f"ETA {(self._total - done) / rate:.0f} s" if rate > 0 and done < self._total else f"{elapsed:.0f} s"
+        extra = _format_status(status)
+        console.print(escape(f"{self._description}: {done:g}/{self._total:g} ({fraction:.0%}), {eta}"
+                             + (f"  {extra}" if extra else "")))
 
 
 def _format_status(status: dict[str, Any]) -> str:
@@ -113,7 +136,7 @@ def _format_status(status: dict[str, Any]) -> str:
 @contextlib.contextmanager
 def meter(description: str, total: float | None, completed: float = 0) -> Iterator[Meter]:
     if not console.is_terminal:
-        yield Meter(None, None)
+        yield Meter(None, None, description, total, completed)
         return
     with _bar("{task.fields[status]}") as bar:
         task = bar.add_task(description, total=total, completed=completed, status="")

@@ -237,8 +237,14 @@ def test_two_processes_train_the_same_lora_as_one(lora_ws, tmp_path):
     recipe = tmp_path / "ddp.toml"
     base = (Path(__file__).parents[1] / "recipes" / "lora" / "tiny-cpu.toml").read_text()
     recipe.write_text(base.replace("sample_every = 3", "sample_every = 0") + "\n")
+    import socket
+
+    with socket.socket() as s:  # a free port: accelerate's default 29500 may be taken by another run
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     out = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "--main_process_port", str(port),
                           "-m", "persona", "-w", str(lora_ws.root), "train-lora", "--recipe", str(recipe), "--json"],
                          capture_output=True, text=True, env=ENV, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

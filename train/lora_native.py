@@ -81,7 +81,7 @@ def train_native(ws: Any, s: LoraSettings, base: Path, examples: list[data.Examp
         if acc.is_main_process else None
     samples = [sampler.grid(model, 0)] if sampler and s.sample_every and start == 0 else []
 
-    t0, log_every = time.perf_counter(), max(1, (s.steps - start) // 10)
+    t0 = time.perf_counter()
     with (meter("train-lora", s.steps, completed=start) if acc.is_main_process else contextlib.nullcontext()) as bar:
         for step in range(start + 1, s.steps + 1):
             loss = train_step(model, optimizer, scheduler, acc, s, plan.batch(step - 1), d, guidance_embeds,
@@ -90,9 +90,6 @@ def train_native(ws: Any, s: LoraSettings, base: Path, examples: list[data.Examp
             rate = (step - start) / (time.perf_counter() - t0)
             if bar is not None:
                 bar.advance(1, loss=loss, **{"steps/s": rate})
-                if not _terminal() and ((step - start) % log_every == 0 or step == s.steps):
-                    eta = (s.steps - step) / rate
-                    say(f"step {step}/{s.steps}  loss {loss:.4f}  {rate:.2f} steps/s  ETA {eta:.0f} s")
             if s.checkpoint_every and step % s.checkpoint_every == 0 and step < s.steps:
                 save_checkpoint(acc, run / "checkpoints", step, model, optimizer, scheduler, losses, key,
                                 s.keep_checkpoints)
@@ -168,12 +165,6 @@ def stdout_to_stderr():
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
-
-
-def _terminal() -> bool:
-    from persona.progress import console
-
-    return console.is_terminal
 
 
 # ---- the model -----------------------------------------------------------------------------------
