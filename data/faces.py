@@ -86,8 +86,9 @@ class DlibBackend:
         return np.asarray(self._encoder.compute_face_descriptor(rgb, shape), np.float32)
 
     def distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        a, b = np.atleast_2d(a), np.atleast_2d(b)
-        return np.sqrt(np.maximum(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1), 0.0))
+        from scipy.spatial.distance import cdist
+
+        return cdist(np.atleast_2d(a), np.atleast_2d(b))
 
 
 BACKENDS = {"dlib": DlibBackend}

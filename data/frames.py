@@ -1,10 +1,14 @@
 """Sparse, fast decoding of long footage with PyAV.
 
 Decoding dominates the cost of looking at a few frames per second of 1080p video, so:
-- only reference frames are decoded (`skip_frame = "NONREF"`): they are decoded exactly, and the
-  frames nothing else depends on (most B-frames, about half of a typical HEVC or H.264 stream) are
-  never decoded. Skipping every B-frame ("BIDIR") is faster but corrupts later frames of streams whose
-  P-frames reference B-frames, which x264 and x265 both produce.
+- only reference frames are decoded (`skip_frame = "NONREF"`): the frames nothing else depends on
+  (most B-frames, about half of a typical HEVC or H.264 stream) are never decoded. Skipping every
+  B-frame ("BIDIR") would be faster but corrupts later frames of streams whose P-frames reference
+  B-frames, which x264 and x265 both produce.
+- the scan skips the in-loop deblocking filter (`skip_loop_filter`), 15% of HEVC decoding time.
+  Its frames differ from exact ones by 41-54 dB PSNR (measured over 10 s GOPs of the shared footage):
+  enough for detection, landmarks and identity, but block edges inflate a sharpness measure about
+  twofold, so sharpness is measured again on the exactly decoded frames that are kept.
 - where keyframes are at least as dense as the sampling interval (phones, cameras and most web
   video put one every 0.5-2 s), only keyframes are decoded (`skip_frame = "NONKEY"`), which costs a
   small fraction of decoding the reference frames.
@@ -61,7 +65,8 @@ def open_video(path: Path) -> tuple[av.container.InputContainer, av.video.stream
 
 
 def layout(path: Path) -> VideoLayout:
-    """Size, duration and keyframe times, from the container alone (packets are read, not decoded)."""
+    """Size, duration and keyframe times: packets are read, not decoded (but the first frame, for its
+    display rotation)."""
     container, stream = open_video(path)
     keyframes: list[float] = []
     last = 0.0
@@ -172,6 +177,7 @@ class Segment:
             stream.thread_type = "SLICE"  # frame threads would only add latency: processes use the cores
             stream.codec_context.thread_count = 1
             stream.codec_context.skip_frame = "NONKEY" if self.keyframes_only else "NONREF"
+            stream.codec_context.options = {"skip_loop_filter": "all"}
             if self.start > 0:
                 container.seek(int(self.start / stream.time_base), stream=stream)
             decoding = container.decode(stream)

@@ -16,12 +16,14 @@ import json
 import shutil
 import tomllib
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import tomlkit
 from rich.markup import escape
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from persona.data import captions as cap
@@ -106,19 +108,28 @@ def ingest_images(ws: Any, videos: list[Path], images: list[Path], settings: Ima
     """
     settings = settings or ImageSettings()
     problems: list[str] = []
+    try:
+        return _ingest(ws, [Path(p) for p in videos], [Path(p) for p in images], settings,
+                       [Path(p) for p in faces], problems)
+    finally:
+        for line in problems:  # also when no dataset results: what was wrong with each file
+            warn(escape(line))
+
+
+def _ingest(ws: Any, videos: list[Path], images: list[Path], settings: ImageSettings, faces: list[Path],
+            problems: list[str]) -> dict[str, Any]:
     backend = fx.backend(settings.face_backend)
     match = settings.match_distance or backend.match_distance
-    references = _references([Path(p) for p in faces], settings, problems)
-
-    sources = [scan.Source(Path(p).resolve(), "video") for p in videos] + \
-              [scan.Source(Path(p).resolve(), "image") for p in images]
+    references = _references(faces, settings, problems)
+    sources = [scan.Source(p.resolve(), "video") for p in videos] + [scan.Source(p.resolve(), "image") for p in images]
     if not sources:
         raise PersonaError("no videos or images to ingest", fix="pass video files or folders holding them")
     scanned = _scan(ws, sources, settings, problems)
     usable = [s for s in sources if s.analysis and s.analysis["samples"]]
     if not usable:
-        raise PersonaError("none of the footage could be read: " + "; ".join(problems),
-                           fix="fix or replace the files named above")
+        names = ", ".join(s.path.name for s in sources[:5]) + (", ..." if len(sources) > 5 else "")
+        raise PersonaError(f"none of the footage could be read ({names})",
+                           fix="fix or replace the files; the warnings above say what is wrong with each")
     analyses = [s.analysis for s in usable]
     identity = select.identify(analyses, references, backend, match, settings.identity_margin)
     _per_file_problems(usable, identity, match, problems)
@@ -129,34 +140,32 @@ def ingest_images(ws: Any, videos: list[Path], images: list[Path], settings: Ima
     ordered = select.order_by_variety(distinct)
 
     root = ws.path(DATASET)
-    key = hash_json({"sources": [s.key for s in usable], "references": [hash_file(p) for p in faces if Path(p).exists()],
+    key = hash_json({"sources": [s.key for s in usable], "references": [hash_file(p) for p in faces if p.exists()],
                      "settings": settings.selection_key(), "v": SELECTION_VERSION})
-    manifest_path = root / "manifest.json"
-    reused = is_fresh(manifest_path, key)
+    reused = is_fresh(root / "manifest.json", key)
     if not reused:
         if not ordered:
             raise _nothing_usable(rejected)
         _build(ws, root, usable, identity, ordered, rejected, settings, backend, match, key)
-    manifest = read_json(manifest_path, [])
+    manifest = read_json(root / "manifest.json", [])
     report = read_json(root / "report.json", {})
     captioner = _caption(ws, root, manifest, settings, problems)
     ws.update("datasets", {"images": ws.relative(root)})
-    for line in problems + ([report["shortfall"]] if report.get("shortfall") else []):
-        warn(escape(line))
-    summary = {
+    if report.get("shortfall"):
+        problems.append(report["shortfall"])
+    info(f"{len(manifest)} images of {report.get('person', {}).get('description', 'the person')} in "
+         f"{ws.relative(root)} (captions: {captioner})")
+    return {
         "dataset": ws.relative(root), "images": len(manifest), "requested": settings.count,
         "person": report.get("person"), "captions": captioner, "reused_selection": reused,
         "framing": dict(Counter(e["framing"] for e in manifest)),
         "upscaled": sum(1 for e in manifest if e["upscale"] > 1.0),
-        "footage": {"videos": sum(s.kind == "video" for s in sources), "images": sum(s.kind == "image" for s in sources),
-                    "usable": len(usable), "scanned_now": scanned, "seconds": report.get("seconds_of_footage")},
+        "footage": {"videos": len(videos), "images": len(images), "usable": len(usable), "scanned_now": scanned,
+                    "seconds": report.get("seconds_of_footage")},
         "rejected": report.get("rejected", {}), "candidates": report.get("candidates"),
         "presence": {k: round(sum(b - a for a, b in v), 2) for k, v in read_json(root / "presence.json", {}).items()},
         "contact_sheet": ws.relative(root / "review" / "contact_sheet.png"), "problems": problems,
     }
-    info(f"{len(manifest)} images of {report.get('person', {}).get('description', 'the person')} in "
-         f"{ws.relative(root)} (captions: {captioner})")
-    return summary
 
 
 # ---- steps ------------------------------------------------------------------------------------
@@ -188,15 +197,22 @@ def _scan(ws: Any, sources: list[scan.Source], settings: ImageSettings, problems
 
 def _decode_problems(src: scan.Source) -> list[str]:
     a = src.analysis or {}
-    out = []
-    if a.get("errors") and not a["samples"]:
-        out.append(str(PersonaError(f"cannot be decoded ({a['errors'][0]['error']})", file=src.path,
-                                    fix="check it plays; re-export it (e.g. as H.264 mp4)")))
-    elif a.get("truncated") or a.get("errors"):
-        out.append(str(PersonaError(
-            f"is damaged or truncated: only the first {a.get('scanned_until', 0):.1f} s of "
-            f"{a.get('duration', 0):.1f} s could be decoded (used)", file=src.path, fix="re-copy or re-export the file")))
-    return out
+    if not a.get("errors") and not a.get("truncated"):
+        return []
+    first = a["errors"][0]["error"] if a.get("errors") else ""
+    if src.kind == "image":
+        problem = PersonaError(first, file=src.path, fix="check it opens in an image viewer; re-export it as PNG")
+    elif not a["samples"]:
+        problem = PersonaError(f"cannot be decoded ({first})", file=src.path,
+                               fix="check it plays; re-export it (e.g. as H.264 mp4)")
+    elif a.get("truncated"):
+        problem = PersonaError(f"is truncated or damaged at the end: only the first {a['scanned_until']:.1f} s of "
+                               f"{a['duration']:.1f} s could be decoded (used)", file=src.path,
+                               fix="re-copy or re-export the file")
+    else:
+        problem = PersonaError(f"is damaged: decoding failed in places ({first}); the readable parts were used",
+                               file=src.path, fix="re-copy or re-export the file")
+    return [str(problem)]
 
 
 def _per_file_problems(usable: list[scan.Source], identity: select.Identity, match: float, problems: list[str]) -> None:
@@ -212,10 +228,13 @@ def _per_file_problems(usable: list[scan.Source], identity: select.Identity, mat
         rows = [identity.row(i, f) for f in a["faces"]]
         if not identity.accepted[rows].any():
             closest = float(identity.distance[rows].min())
-            who = "the --face photos" if identity.how == "reference" else "the person with the most screen time"
+            refs = identity.how == "reference"
+            who = "the --face photos" if refs else "the person with the most screen time"
             problems.append(str(PersonaError(
                 f"none of its {len(rows)} faces is {who} (closest identity distance {closest:.2f}, "
-                f"threshold {match:.2f})", file=s.path, fix="leave it out, or check the reference photos")))
+                f"threshold {match:.2f})", file=s.path,
+                fix="leave it out, or check the reference photos" if refs else
+                "fine if the person is not in it; otherwise pass --face PHOTO to say who the person is")))
 
 
 def _nobody(identity: select.Identity, with_refs: bool, match: float) -> PersonaError:
@@ -243,20 +262,30 @@ def _build(ws: Any, root: Path, usable: list[scan.Source], identity: select.Iden
     staging = root.with_name(f".{root.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    chosen = _extract(usable, ordered, settings.count, identity, backend, match, rejected)
+    try:
+        _write(ws, root, staging, usable, identity, ordered, rejected, settings, backend, match)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone after the swap; removed when anything failed
+    mark_fresh(root / "manifest.json", key)
+
+
+def _write(ws: Any, root: Path, staging: Path, usable: list[scan.Source], identity: select.Identity,
+           ordered: list[select.Candidate], rejected: Counter, settings: ImageSettings, backend: fx.FaceBackend,
+           match: float) -> None:
+    chosen, examined = _extract(usable, ordered, settings, identity, backend, match, rejected)
     if not chosen:
         raise _nothing_usable(rejected)
-    rejected[select.SURPLUS] = max(0, len(ordered) - len(chosen) - rejected[select.MISMATCH])
+    rejected[select.SURPLUS] = len(ordered) - examined
     framings = crops.assign_framings([c.options for c, _, _ in chosen], settings.framing)
     chosen_sorted = sorted(zip(chosen, framings), key=lambda x: (x[0][0].file, x[0][0].face["t"] or 0.0))
     manifest = []
-    for n, ((c, (piece, offset), distance), framing) in enumerate(track(chosen_sorted, "writing crops"), start=1):
+    for n, ((c, (piece, offset), exact), framing) in enumerate(track(chosen_sorted, "writing crops"), start=1):
         p = c.options[framing]
         local = crops.CropPlan(p.framing, (p.box[0] - offset[0], p.box[1] - offset[1], p.box[2] - offset[0],
                                            p.box[3] - offset[1]), p.size, p.upscale)
         name = f"{n:04d}.png"
         crops.render(piece, local).save(staging / name, format="PNG", compress_level=3)
-        manifest.append(_entry(name, usable[c.file], c, p, distance, ws.token))
+        manifest.append(_entry(name, usable[c.file], c, p, exact, ws.token))
     write_json(staging / "manifest.json", manifest)
     _trainer_files(staging, manifest, root)
     _write_report(staging, usable, identity, rejected, settings, ordered, manifest)
@@ -266,32 +295,39 @@ def _build(ws: Any, root: Path, usable: list[scan.Source], identity: select.Iden
     crops.contact_sheet([staging / e["file"] for e in manifest], [f"{e['file'][:4]} {e['framing']}" for e in manifest],
                         staging / "review" / "contact_sheet.png")
     _swap(staging, root)
-    mark_fresh(root / "manifest.json", key, images=len(manifest))
 
 
-def _extract(usable: list[scan.Source], ordered: list[select.Candidate], count: int, identity: select.Identity,
-             backend: fx.FaceBackend, match: float, rejected: Counter) -> list[tuple[select.Candidate, Any, float]]:
-    """Decode the chosen frames at full quality and check the identity again on them, replacing a
-    frame that fails with the next one in variety order. Keeps only the region the crops can use."""
-    chosen: list[tuple[select.Candidate, Any, float]] = []
+def _extract(usable: list[scan.Source], ordered: list[select.Candidate], settings: ImageSettings,
+             identity: select.Identity, backend: fx.FaceBackend, match: float, rejected: Counter
+             ) -> tuple[list[tuple[select.Candidate, Any, dict[str, float]]], int]:
+    """Decode the chosen frames exactly and check identity and sharpness again on them (the scan's
+    frames skip the deblocking filter), replacing a frame that fails with the next in variety order.
+    Keeps only the region the crops can use; also returns how many candidates were examined."""
+    chosen: list[tuple[select.Candidate, Any, dict[str, float]]] = []
     pos = 0
-    while len(chosen) < count and pos < len(ordered):
-        batch = ordered[pos: pos + count - len(chosen)]
+    while len(chosen) < settings.count and pos < len(ordered):
+        batch = ordered[pos: pos + settings.count - len(chosen)]
         pos += len(batch)
         for c, rgb in _decode(usable, batch):
             if rgb is None:
-                rejected[select.MISMATCH] += 1
+                rejected[select.UNREADABLE] += 1
                 continue
-            face = fx.Face(tuple(c.face["box"]), 0.0, backend.landmarks(rgb, tuple(c.face["box"])))
+            box = tuple(c.face["box"])
+            face = fx.Face(box, 0.0, backend.landmarks(rgb, box))
             distance = float(backend.distance(backend.embed(rgb, face), identity.references).min())
+            sharp = fx.sharpness(np.asarray(Image.fromarray(fx.region(rgb, box)).convert("L")))
             if distance > match:
                 rejected[select.MISMATCH] += 1
-                continue
-            chosen.append((c, _keep_region(rgb, c), distance))
-    return chosen
+            elif sharp < settings.min_sharpness:
+                rejected[select.BLUR] += 1
+            else:
+                chosen.append((c, _keep_region(rgb, c), {"distance": distance, "sharpness": round(sharp, 1)}))
+    return chosen, pos
 
 
-def _decode(usable: list[scan.Source], batch: list[select.Candidate]):
+def _decode(usable: list[scan.Source], batch: list[select.Candidate]
+            ) -> Iterator[tuple[select.Candidate, np.ndarray | None]]:
+    """Each candidate with its exactly decoded full-resolution frame (None if it could not be)."""
     by_file: dict[int, list[select.Candidate]] = {}
     for c in batch:
         by_file.setdefault(c.file, []).append(c)
@@ -316,13 +352,13 @@ def _keep_region(rgb: np.ndarray, c: select.Candidate) -> tuple[np.ndarray, tupl
     return np.ascontiguousarray(rgb[y0:y1, x0:x1]), (int(x0), int(y0))
 
 
-def _entry(name: str, src: scan.Source, c: select.Candidate, p: crops.CropPlan, distance: float, token: str
+def _entry(name: str, src: scan.Source, c: select.Candidate, p: crops.CropPlan, exact: dict[str, float], token: str
            ) -> dict[str, Any]:
     f = c.face
     return {
         "file": name, "source": str(src.path), "time": f["t"], "pts": f["pts"],
-        "box": [round(v, 1) for v in f["box"]], "identity_distance": round(distance, 4),
-        "sharpness": f["sharp"], "phash": f["phash"], "framing": p.framing,
+        "box": [round(v, 1) for v in f["box"]], "identity_distance": round(exact["distance"], 4),
+        "sharpness": exact["sharpness"], "phash": f["phash"], "framing": p.framing,
         "crop": [round(v, 1) for v in p.box], "size": list(p.size), "upscale": p.upscale,
         "pose": {k: f[k] for k in ("yaw", "pitch", "roll")},
         "expression": {k: f[k] for k in ("eyes", "mouth", "smile")},
@@ -386,8 +422,6 @@ def _caption(ws: Any, root: Path, manifest: list[dict[str, Any]], settings: Imag
                 e.update(caption=token, captioner="token")
                 continue
             if e.get("captioner") != name:
-                from PIL import Image
-
                 with Image.open(root / e["file"]) as im:
                     e["caption_raw"] = model.describe(im)
                 e["captioner"] = name

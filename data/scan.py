@@ -28,9 +28,11 @@ from persona.errors import PersonaError
 from persona.files import hash_file, hash_json, read_json, write_json
 
 SCAN_VERSION = 1
-REEMBED = 10.0  # seconds between identity measurements along one face track
+REEMBED = 30.0  # seconds between identity measurements along one face track
 TRACK_IOU = 0.3  # box overlap that continues a track between samples of one shot
-SEGMENT_SECONDS = (10.0, 60.0)  # bounds on a segment's length (an eighth of the video, to balance the pool)
+# Bounds on a segment's length (a quarter of the video, to keep both cores busy); each segment starts
+# its face tracks afresh, so shorter segments cost more identity embeddings.
+SEGMENT_SECONDS = (20.0, 120.0)
 MAX_ANALYSIS_SIDE = 720  # the detector never sees more than this on the short side (4K footage)
 
 
@@ -218,7 +220,7 @@ def plan(src: Source) -> list[tuple[float, float]]:
         return [(0.0, 0.0)]
     lay = src.layout
     lo, hi = SEGMENT_SECONDS
-    return frames.plan_segments(lay.keyframes, lay.duration, min(hi, max(lo, lay.duration / 8)))
+    return frames.plan_segments(lay.keyframes, lay.duration, min(hi, max(lo, lay.duration / 4)))
 
 
 def _tasks_for(src: Source, settings: ScanSettings, folder: Path) -> list[dict[str, Any]]:
@@ -237,13 +239,25 @@ def _tasks_for(src: Source, settings: ScanSettings, folder: Path) -> list[dict[s
     return tasks
 
 
+def _content_hash(path: Path, memo: dict[str, list]) -> str:
+    """The file's content hash, remembered in `memo` by path, size and modification time: hashing
+    hours of footage takes a while, and a re-run should not pay it again for unchanged files."""
+    st = path.stat()
+    stamp = [st.st_size, st.st_mtime_ns]
+    entry = memo.get(str(path))
+    if not entry or entry[:2] != stamp:
+        memo[str(path)] = entry = stamp + [hash_file(path)]
+    return entry[2]
+
+
 def prepare(sources: list[Source], settings: ScanSettings, cache: Path) -> None:
     """Hash each input and load finished scans from the cache; read the layout of the others."""
+    memo = read_json(cache / "hashes.json", {})
     for src in sources:
         try:
             if src.path.stat().st_size == 0:
                 raise PersonaError("is empty", file=src.path, fix="re-copy or re-export the file")
-            src.key = hash_json({"file": hash_file(src.path), "scan": settings.key()})
+            src.key = hash_json({"file": _content_hash(src.path, memo), "scan": settings.key()})
             done = read_json(_cache_dir(cache, src) / "analysis.json")
             if done and done.get("key") == src.key:
                 src.analysis = done
@@ -251,8 +265,11 @@ def prepare(sources: list[Source], settings: ScanSettings, cache: Path) -> None:
                 src.layout = frames.layout(src.path)
         except PersonaError as e:
             src.error, src.fix = e.message, e.fix
+        except FileNotFoundError:
+            src.error, src.fix = "does not exist", "check the path"
         except OSError as e:
             src.error, src.fix = f"cannot be read ({e.strerror})", "check the file's permissions"
+    write_json(cache / "hashes.json", memo)
 
 
 def run(sources: list[Source], settings: ScanSettings, cache: Path, workers: int,
@@ -285,7 +302,8 @@ def _map(tasks: list[dict[str, Any]], workers: int, backend: str) -> Iterator[di
     if workers == 1:
         yield from map(_run, tasks)
         return
-    # Longest first, so one long segment does not run alone at the end.
+    # Longest first, so one long segment does not run alone at the end. Forked workers start at once
+    # with the parent's loaded models; spawned ones (where fork is missing) load their own.
     tasks = sorted(tasks, key=lambda t: -t["seconds"])
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     with multiprocessing.get_context(method).Pool(workers) as pool:
@@ -324,8 +342,10 @@ def merge(src: Source, parts: list[Path], settings: ScanSettings) -> dict[str, A
 
 
 def worker_count(requested: int) -> int:
-    return requested if requested > 0 else max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                                  else (os.cpu_count() or 1))
+    """`requested` processes, or one per CPU core this process may use."""
+    if requested > 0:
+        return requested
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def reference_faces(paths: list[Path], backend_name: str) -> tuple[np.ndarray, list[PersonaError]]:
@@ -350,4 +370,4 @@ def reference_faces(paths: list[Path], backend_name: str) -> tuple[np.ndarray, l
                                          file=path, fix="crop the photo to the person alone"))
         else:
             embeddings.append(res["embeddings"][clear_faces[0]["emb"]])
-    return np.array(embeddings, np.float32).reshape(-1, 128 if not embeddings else len(embeddings[0])), problems
+    return np.array(embeddings, np.float32), problems

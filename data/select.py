@@ -28,9 +28,10 @@ CROWD = "another face prominent"
 NO_FRAMING = "frame too small for any framing at the output size"
 DUPLICATE = "near-duplicate"
 SURPLUS = "not needed (enough variety already)"
-MISMATCH = "failed the identity check at full resolution"
+MISMATCH = "failed the identity check on the exactly decoded frame"
+UNREADABLE = "could not be decoded again"
 REASONS = [NO_FACE, OTHER, AMBIGUOUS, SMALL, EDGE, BLUR, EXPOSURE, EYES, PROFILE, CROWD, NO_FRAMING, DUPLICATE,
-           SURPLUS, MISMATCH]
+           SURPLUS, MISMATCH, UNREADABLE]
 
 CLUSTER_CAP = 4000  # embeddings clustered directly; beyond this a spread subset is, the rest join the nearest
 
@@ -72,13 +73,16 @@ def identify(analyses: list[dict[str, Any]], references: np.ndarray, backend: Fa
     A face is the person when it is within `match` of a reference and at least `margin` closer to
     it than to any other identity seen (other clusters' centroids).
     """
-    offsets, rows = [], []
+    offsets, flat = [], []
     for a in analyses:
-        offsets.append(sum(len(r) for r in rows))
-        rows.append(a["embeddings"])
-    emb = np.array([e for r in rows for e in r], np.float32).reshape(-1, references.shape[1] if len(references) else 128)
-    labels = _clusters(emb, backend, match) if len(emb) else np.zeros(0, int)
-    n_id = int(labels.max()) + 1 if len(labels) else 0
+        offsets.append(len(flat))
+        flat += a["embeddings"]
+    emb = np.array(flat, np.float32)
+    if not len(emb):
+        return Identity("reference" if len(references) else "screen time", references, np.zeros(0),
+                        np.zeros(0, bool), 0, offsets)
+    labels = _clusters(emb, backend, match)
+    n_id = int(labels.max()) + 1
     how = "reference"
     if len(references) == 0:
         how = "screen time"
@@ -86,9 +90,7 @@ def identify(analyses: list[dict[str, Any]], references: np.ndarray, backend: Fa
         for i, a in enumerate(analyses):
             for f in a["faces"]:
                 seconds[labels[offsets[i] + f["emb"]]] += a.get("step", 1.0)
-        references = emb[labels == int(seconds.argmax())].mean(0, keepdims=True) if n_id else references
-    if not len(emb):
-        return Identity(how, references, np.zeros(0), np.zeros(0, bool), 0, offsets)
+        references = emb[labels == int(seconds.argmax())].mean(0, keepdims=True)
     dist = backend.distance(emb, references).min(1)
     centroids = np.stack([emb[labels == k].mean(0) for k in range(n_id)])
     others = centroids[backend.distance(centroids, references).min(1) > match]
@@ -107,10 +109,6 @@ class Candidate:
     distance: float
     options: dict[str, crops.CropPlan]
     quality: float = 0.0
-
-    @property
-    def key(self) -> tuple[int, Any]:
-        return self.file, self.face["pts"] if self.face["pts"] is not None else self.face["t"]
 
 
 def _face_h(f: dict[str, Any]) -> float:

@@ -9,7 +9,9 @@ from persona.config import list_recipes, load_recipe, prompt_text, recipes_root,
 from persona.errors import PersonaError
 
 # recipes/<kind>/ -> the settings model (module:attribute) its TOML files configure.
-RECIPE_SETTINGS: dict[str, str] = {}
+RECIPE_SETTINGS: dict[str, str] = {
+    "ingest-images": "persona.data.images:ImageSettings",
+}
 
 
 def _shipped():

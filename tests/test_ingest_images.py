@@ -297,3 +297,32 @@ def test_settings_validate():
     with pytest.raises(ValueError, match="multiple of 64"):
         ImageSettings(resolution=1000)
     assert ImageSettings(framing={"close-up": 2, "half-body": 2}).framing == {"close-up": 0.5, "half-body": 0.5}
+
+
+def test_killed_scan_resumes_where_it_stopped(demo_footage, tmp_path, monkeypatch):
+    from persona.data import scan
+
+    videos = [Path(demo_footage["files"]["lecture"]), Path(demo_footage["files"]["interview"])]
+    settings = scan.ScanSettings(every=1.0, min_face=96)
+    calls = []
+    real_run = scan._run
+    monkeypatch.setattr(scan, "_run", lambda task: calls.append(task["path"]) or real_run(task))
+
+    def killed_after_first(seconds):
+        raise KeyboardInterrupt
+
+    sources = [scan.Source(p, "video") for p in videos]
+    scan.prepare(sources, settings, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        scan.run(sources, settings, tmp_path, workers=1, progress=killed_after_first)
+    assert calls == [str(videos[0])] and not list(tmp_path.glob("*/analysis.json"))
+
+    sources = [scan.Source(p, "video") for p in videos]
+    scan.prepare(sources, settings, tmp_path)
+    scan.run(sources, settings, tmp_path, workers=1)
+    assert calls == [str(videos[0]), str(videos[1])]  # the finished segment was not scanned again
+    assert all(s.analysis["samples"] and s.analysis["faces"] for s in sources)
+
+    sources = [scan.Source(p, "video") for p in videos]
+    scan.prepare(sources, settings, tmp_path)
+    assert all(s.analysis is not None for s in sources)  # a re-run finds both in the cache
