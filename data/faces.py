@@ -35,11 +35,15 @@ class FaceBackend(Protocol):
     min_size: int  # smallest face (pixels) `detect` finds without upsampling
     clear_score: float  # detections scoring lower are mostly false positives or barely visible faces
 
-    def detect(self, rgb: np.ndarray, upsample: int = 0) -> list[Face]: ...
+    def detect(self, image: np.ndarray, upsample: int = 0) -> list[Face]:
+        """Faces in an RGB or grayscale (luma) image."""
+        ...
 
-    def landmarks(self, rgb: np.ndarray, box: Box) -> np.ndarray: ...
+    def landmarks(self, image: np.ndarray, box: Box) -> np.ndarray: ...
 
-    def embed(self, rgb: np.ndarray, face: Face) -> np.ndarray: ...
+    def embed(self, rgb: np.ndarray, face: Face) -> np.ndarray:
+        """The identity vector of `face` (landmarks in `rgb`'s pixels)."""
+        ...
 
     def distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Distances between rows of a (n, d) and b (m, d): an (n, m) array."""
@@ -68,16 +72,16 @@ class DlibBackend:
     def _rect(self, box: Box):
         return self._dlib.rectangle(*(int(round(v)) for v in box))
 
-    def detect(self, rgb: np.ndarray, upsample: int = 0) -> list[Face]:
-        rects, scores, _ = self._detector.run(rgb, upsample, 0.0)
+    def detect(self, image: np.ndarray, upsample: int = 0) -> list[Face]:
+        rects, scores, _ = self._detector.run(image, upsample, 0.0)
         faces = []
         for r, s in zip(rects, scores):
             box = (float(r.left()), float(r.top()), float(r.right()), float(r.bottom()))
-            faces.append(Face(box, float(s), self.landmarks(rgb, box)))
+            faces.append(Face(box, float(s), self.landmarks(image, box)))
         return faces
 
-    def landmarks(self, rgb: np.ndarray, box: Box) -> np.ndarray:
-        shape = self._shapes(rgb, self._rect(box))
+    def landmarks(self, image: np.ndarray, box: Box) -> np.ndarray:
+        shape = self._shapes(image, self._rect(box))
         return np.array([(p.x, p.y) for p in shape.parts()], np.float32)
 
     def embed(self, rgb: np.ndarray, face: Face) -> np.ndarray:
@@ -169,11 +173,11 @@ def landmark_box(lm: np.ndarray, grow: float = 2.0) -> Box:
     return (float(cx - half), float(cy - half), float(cx + half), float(cy + half))
 
 
-def phash(rgb_face: np.ndarray) -> str:
-    """64-bit perceptual hash (hex) of the face and its surroundings, for near-duplicate checks."""
+def phash(face: np.ndarray) -> str:
+    """64-bit perceptual hash (hex) of the face and its surroundings (luma), for near-duplicate checks."""
     import imagehash
 
-    return str(imagehash.phash(Image.fromarray(rgb_face).convert("L")))
+    return str(imagehash.phash(Image.fromarray(face).convert("L")))
 
 
 def hamming(a: str, b_many: list[str] | np.ndarray) -> np.ndarray:

@@ -118,6 +118,7 @@ def ingest_images(ws: Any, videos: list[Path], images: list[Path], settings: Ima
 
 def _ingest(ws: Any, videos: list[Path], images: list[Path], settings: ImageSettings, faces: list[Path],
             problems: list[str]) -> dict[str, Any]:
+    florence = _captioner(ws, settings)
     backend = fx.backend(settings.face_backend)
     match = settings.match_distance or backend.match_distance
     references = _references(faces, settings, problems)
@@ -149,12 +150,12 @@ def _ingest(ws: Any, videos: list[Path], images: list[Path], settings: ImageSett
         _build(ws, root, usable, identity, ordered, rejected, settings, backend, match, key)
     manifest = read_json(root / "manifest.json", [])
     report = read_json(root / "report.json", {})
-    captioner = _caption(ws, root, manifest, settings, problems)
+    captioner = _caption(ws, root, manifest, settings, florence, problems)
     ws.update("datasets", {"images": ws.relative(root)})
     if report.get("shortfall"):
         problems.append(report["shortfall"])
-    info(f"{len(manifest)} images of {report.get('person', {}).get('description', 'the person')} in "
-         f"{ws.relative(root)} (captions: {captioner})")
+    info(escape(f"{len(manifest)} images of {report.get('person', {}).get('description', 'the person')} in "
+                f"{ws.relative(root)} (captions: {captioner})"))
     return {
         "dataset": ws.relative(root), "images": len(manifest), "requested": settings.count,
         "person": report.get("person"), "captions": captioner, "reused_selection": reused,
@@ -399,12 +400,21 @@ def _swap(staging: Path, root: Path) -> None:
 
 
 # ---- captions and the trainer-facing files ---------------------------------------------------
-def _caption(ws: Any, root: Path, manifest: list[dict[str, Any]], settings: ImageSettings, problems: list[str]) -> str:
+def _captioner(ws: Any, settings: ImageSettings) -> tuple[Path | None, str | None]:
+    """Florence-2's folder (or None, and why), checked before any work when it is required."""
+    if settings.captions == "token":
+        return None, None
+    path, missing = cap.find_florence(ws.pack.models)
+    if settings.captions == "florence2" and path is None:
+        raise PersonaError(f"captions = \"florence2\" but {missing}", fix="fetch it, or use captions = \"auto\"")
+    return path, missing
+
+
+def _caption(ws: Any, root: Path, manifest: list[dict[str, Any]], settings: ImageSettings,
+             florence: tuple[Path | None, str | None], problems: list[str]) -> str:
     """Caption entries whose captioner or token differ from now; rewrite the caption files."""
     token = ws.token
-    florence_path, missing = (None, None) if settings.captions == "token" else cap.find_florence(ws.pack.models)
-    if settings.captions == "florence2" and florence_path is None:
-        raise PersonaError(f"captions = \"florence2\" but {missing}", fix="fetch it, or use captions = \"auto\"")
+    florence_path, missing = florence
     name = f"florence2:{florence_path.name}" if florence_path else "token"
     if florence_path is None and settings.captions == "auto":
         kept = [e for e in manifest if e.get("captioner", "token") != "token"]

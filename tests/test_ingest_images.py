@@ -326,3 +326,10 @@ def test_killed_scan_resumes_where_it_stopped(demo_footage, tmp_path, monkeypatc
     sources = [scan.Source(p, "video") for p in videos]
     scan.prepare(sources, settings, tmp_path)
     assert all(s.analysis is not None for s in sources)  # a re-run finds both in the cache
+
+
+def test_required_florence_missing_fails_before_any_work(demo_footage, make_workspace):
+    ws = make_workspace("Demo Astronaut", models=False)
+    with pytest.raises(PersonaError, match="florence2"):
+        ingest_images(ws, [Path(demo_footage["files"]["lecture"])], [], ImageSettings(captions="florence2"))
+    assert not ws.path("cache").exists() and not ws.path("datasets/images").exists()
