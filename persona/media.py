@@ -143,11 +143,13 @@ def write_video(
     sr: int = 48000,
     metadata: dict[str, str] | None = None,
     crf: int = 18,
+    preset: str = "medium",
 ) -> Path:
     """H.264 (yuv420p) + AAC mp4, written to a temp file and renamed when complete.
 
     Frames are RGB uint8 arrays of one size (even width and height, as yuv420p requires).
     `metadata` becomes container tags (mp4 keeps arbitrary keys through use_metadata_tags).
+    `preset` is x264's speed/size trade-off ("ultrafast" for throwaway test footage).
     """
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -157,7 +159,7 @@ def write_video(
             rate = Fraction(fps).limit_denominator(1001)
             vs = c.add_stream("libx264", rate=rate)
             vs.pix_fmt = "yuv420p"
-            vs.options = {"crf": str(crf), "preset": "medium"}
+            vs.options = {"crf": str(crf), "preset": preset}
             as_ = None
             if audio is not None:
                 as_ = c.add_stream("aac", rate=sr)

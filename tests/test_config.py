@@ -14,6 +14,7 @@ RECIPE_SETTINGS: dict[str, str] = {
     "voice": "persona.train.voice:VoiceSettings",
     "ingest-voice": "persona.data.voice:VoiceSettings",
     "lora": "persona.train.lora:LoraSettings",
+    "ingest-images": "persona.data.images:ImageSettings",
 }
 
 
