@@ -63,7 +63,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from persona.data.speakers import default_encoder
-    from persona.data.voice import VoiceSettings, ingest_voice
+    from persona.data.voice import VoiceIngestSettings, ingest_voice
     from persona.progress import quiet_libraries
     from persona.workspace import Consent, Workspace
 
@@ -74,7 +74,7 @@ def main() -> None:
         seconds = args.minutes * 60
         ws = Workspace.create(tmp / "ws", "Bench Person", consent=Consent(
             person="Bench Person", granted_by="benchmark", date=dt.date.today(), scope="benchmark"))
-        settings = VoiceSettings(transcribe=False)
+        settings = VoiceIngestSettings(transcribe=False)
         t0 = time.perf_counter()
         encoder = default_encoder()
         # Startup (imports of librosa, scikit-learn, scipy.signal, onnxruntime; model loads) is

@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def tiny_run(updates: int) -> None:
     from persona import tiny
-    from persona.demo import fallback_voice_dataset
+    from persona.samples import synthetic_voice_dataset
     from persona.inference.speech import speak
     from persona.train.voice import VoiceSettings, train_voice
     from persona.workspace import Consent, Workspace
@@ -33,7 +33,7 @@ def tiny_run(updates: int) -> None:
         ws = Workspace.create(root / "ws", "Bench Mark", consent=Consent(person="B", granted_by="B",
                                                                         date="2025-05-01", scope="benchmark"))
         ws.update("models", models)
-        fallback_voice_dataset(root / "ws" / "datasets" / "voice", clips=24)
+        synthetic_voice_dataset(root / "ws" / "datasets" / "voice", clips=24)
         ws.update("datasets", {"voice": "datasets/voice"})
         settings = VoiceSettings(updates=updates, val_every=max(1, updates // 4), batch_frames=1500, val_clips=2,
                                  min_minutes=0.5, learning_rate=1e-3)

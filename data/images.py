@@ -113,7 +113,7 @@ def ingest_images(ws: Any, videos: list[Path], images: list[Path], settings: Ima
                        [Path(p) for p in faces], problems)
     finally:
         for line in problems:  # also when no dataset results: what was wrong with each file
-            warn(escape(line))
+            warn(line)
 
 
 def _ingest(ws: Any, videos: list[Path], images: list[Path], settings: ImageSettings, faces: list[Path],

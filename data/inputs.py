@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.markup import escape
-
 from persona.media import AUDIO_EXTS, IMAGE_EXTS, VIDEO_EXTS
 from persona.progress import warn
 
@@ -65,8 +63,8 @@ def _names(paths: list[Path], limit: int = 3) -> str:
 
 def _report(found: Inputs) -> None:
     if found.missing:
-        warn(escape(f"{_names(found.missing)}: not found — check the path (skipped)"))
+        warn(f"{_names(found.missing)}: not found — check the path (skipped)")
     if found.unknown:
         known = " ".join(sorted(VIDEO_EXTS | IMAGE_EXTS | AUDIO_EXTS))
-        warn(escape(f"{_names(found.unknown)}: not a video, image or audio file by its extension "
-                    f"(skipped; readable: {known})"))
+        warn(f"{_names(found.unknown)}: not a video, image or audio file by its extension "
+             f"(skipped; readable: {known})")

@@ -41,7 +41,7 @@ HOLD_SECONDS = 1800  # decoded audio kept in memory between passes, beyond this 
 TYPOGRAPHIC = str.maketrans({"’": "'", "‘": "'", "“": '"', "”": '"'})
 
 
-class VoiceSettings(BaseModel):
+class VoiceIngestSettings(BaseModel):
     """Settings of the voice side of `persona ingest` (recipe kind `ingest-voice`)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -68,13 +68,14 @@ class VoiceSettings(BaseModel):
     language: str = "en"
     beam_size: int = Field(5, ge=1)
     min_asr_logprob: float | None = Field(-1.0, description="drop clips Whisper is unsure about (None: keep)")
+    drop_truncated: bool = Field(True, description="drop clips whose transcript hit the token limit (a looping recogniser)")
     min_chars_per_second: float = 4.0
     max_chars_per_second: float = 30.0
     reference_min: float = 5.0
     reference_max: float = 11.0
 
     @model_validator(mode="after")
-    def _ranges(self) -> "VoiceSettings":
+    def _ranges(self) -> "VoiceIngestSettings":
         if self.min_clip >= self.max_clip:
             raise ValueError(f"min_clip ({self.min_clip}) must be below max_clip ({self.max_clip})")
         return self
@@ -131,11 +132,11 @@ def _to_analysis_rate(audio: np.ndarray) -> np.ndarray:
     return resample_poly(audio, 2, 3).astype(np.float32)  # 24 kHz -> 16 kHz
 
 
-def _analysis_path(cache: Path, digest: str, settings: VoiceSettings, encoder: SpeakerEncoder) -> Path:
+def _analysis_path(cache: Path, digest: str, settings: VoiceIngestSettings, encoder: SpeakerEncoder) -> Path:
     return cache / "analysis" / f"{hash_json([digest, settings.analysis_key(), encoder.name])}.npz"
 
 
-def _analyse(path: Path, cache: Path, settings: VoiceSettings, encoder: SpeakerEncoder,
+def _analyse(path: Path, cache: Path, settings: VoiceIngestSettings, encoder: SpeakerEncoder,
              held: dict[Path, np.ndarray], digest: str | None = None) -> tuple[str, diarize.Analysis]:
     digest = digest or hash_file(path)
     store = _analysis_path(cache, digest, settings, encoder)
@@ -155,7 +156,7 @@ def _analyse(path: Path, cache: Path, settings: VoiceSettings, encoder: SpeakerE
 
 
 # ------------------------------------------------------------------------------------------------
-def _profile_from_enrollment(enroll: list[Path], settings: VoiceSettings, encoder: SpeakerEncoder,
+def _profile_from_enrollment(enroll: list[Path], settings: VoiceIngestSettings, encoder: SpeakerEncoder,
                              problems: Problems) -> dict[str, Any]:
     embeddings, used = [], []
     for path in enroll:
@@ -202,7 +203,7 @@ def _profile_from_presence(ws: Any, sources: list[Source]) -> dict[str, Any] | N
             "seconds": round(seconds, 1)}
 
 
-def _profile(ws: Any, sources: list[Source], enroll: list[Path], settings: VoiceSettings,
+def _profile(ws: Any, sources: list[Source], enroll: list[Path], settings: VoiceIngestSettings,
              encoder: SpeakerEncoder, problems: Problems) -> dict[str, Any]:
     if enroll:
         return _profile_from_enrollment(enroll, settings, encoder, problems)
@@ -216,7 +217,7 @@ def _profile(ws: Any, sources: list[Source], enroll: list[Path], settings: Voice
 
 
 # ------------------------------------------------------------------------------------------------
-def _measure(src: Source, clip: cliplib.Clip, raw: np.ndarray, settings: VoiceSettings) -> tuple[dict, list]:
+def _measure(src: Source, clip: cliplib.Clip, raw: np.ndarray, settings: VoiceIngestSettings) -> tuple[dict, list]:
     an, d = src.analysis, src.decision
     inside = diarize.covering(an, clip.speech_start, clip.speech_end)
     m = {
@@ -240,7 +241,7 @@ def _measure(src: Source, clip: cliplib.Clip, raw: np.ndarray, settings: VoiceSe
     return m, [{"reason": k, "detail": msg} for k, bad, msg in checks if bad]
 
 
-def _cut_clips(sources: list[Source], stage: Path, settings: VoiceSettings, held: dict[Path, np.ndarray],
+def _cut_clips(sources: list[Source], stage: Path, settings: VoiceIngestSettings, held: dict[Path, np.ndarray],
                problems: Problems) -> list[Candidate]:
     out: list[Candidate] = []
     todo = [s for s in sources if s.plan]
@@ -287,7 +288,7 @@ def _model_id(path: Path | None) -> str | None:
     return hash_json([str(path), sizes])
 
 
-def _transcribe(ws: Any, cands: list[Candidate], cache: Path, settings: VoiceSettings) -> dict[str, Any]:
+def _transcribe(ws: Any, cands: list[Candidate], cache: Path, settings: VoiceIngestSettings) -> dict[str, Any]:
     todo = [c for c in cands if not c.reasons]
     if not settings.transcribe:
         return {"status": "disabled"}
@@ -324,13 +325,13 @@ def _transcribe(ws: Any, cands: list[Candidate], cache: Path, settings: VoiceSet
             "transcribed_now": len(missing)}
 
 
-def _judge_transcript(c: Candidate, rec: dict[str, Any], settings: VoiceSettings) -> None:
+def _judge_transcript(c: Candidate, rec: dict[str, Any], settings: VoiceIngestSettings) -> None:
     text = " ".join(str(rec.get("text", "")).translate(TYPOGRAPHIC).split())
     c.words = rec.get("words", [])
     c.metrics["asr_logprob"] = round(rec.get("logprob", float("-inf")), 3)
     if not text:
         c.reasons.append({"reason": "no_words", "detail": "no words recognised"})
-    elif rec.get("truncated"):
+    elif rec.get("truncated") and settings.drop_truncated:
         c.reasons.append({"reason": "transcript_truncated", "detail": "the recogniser ran out of tokens"})
     elif settings.min_asr_logprob is not None and c.metrics["asr_logprob"] < settings.min_asr_logprob:
         c.reasons.append({"reason": "unsure_transcript",
@@ -346,14 +347,14 @@ def _spoken(c: Candidate) -> float:
 
 # ------------------------------------------------------------------------------------------------
 # ------------------------------------------------------------------------------------------------
-def ingest_voice(ws: Any, sources: list[Path], settings: VoiceSettings | None = None,
+def ingest_voice(ws: Any, sources: list[Path], settings: VoiceIngestSettings | None = None,
                  enroll: list[Path] | tuple[Path, ...] = ()) -> dict[str, Any]:
     """Build `datasets/voice` from video and audio files; returns a summary (for --json).
 
     `enroll` are clips of the person speaking alone (`--voice CLIP`). Problems with single files
     are reported and the others go on; a PersonaError is raised only when no usable clip results.
     """
-    settings = settings or VoiceSettings()
+    settings = settings or VoiceIngestSettings()
     sources = list(dict.fromkeys(Path(s).resolve() for s in sources))
     enroll = [Path(e).resolve() for e in enroll]
     if not sources:
@@ -394,7 +395,7 @@ def ingest_voice(ws: Any, sources: list[Path], settings: VoiceSettings | None = 
     return vd.summary(report, out, ws)
 
 
-def _analyse_all(sources: list[Path], cache: Path, settings: VoiceSettings, encoder: SpeakerEncoder,
+def _analyse_all(sources: list[Path], cache: Path, settings: VoiceIngestSettings, encoder: SpeakerEncoder,
                  held: dict[Path, np.ndarray], problems: Problems) -> list[Source]:
     durations: dict[Path, float] = {}
     for path in sources:
@@ -425,7 +426,7 @@ def _analyse_all(sources: list[Path], cache: Path, settings: VoiceSettings, enco
     return analysed
 
 
-def _plan(src: Source, profile: np.ndarray, settings: VoiceSettings, problems: Problems) -> None:
+def _plan(src: Source, profile: np.ndarray, settings: VoiceIngestSettings, problems: Problems) -> None:
     an = src.analysis
     src.decision = d = diarize.decide(an, profile, settings.target_similarity, settings.window_similarity,
                                       settings.speaker_margin)

@@ -19,7 +19,7 @@ from persona.files import write_json, write_text
 from persona.progress import info, warn
 
 if TYPE_CHECKING:
-    from persona.data.voice import Candidate, Problems, Source, VoiceSettings
+    from persona.data.voice import Candidate, Problems, Source, VoiceIngestSettings
 
 F5_VOCAB = "infer/examples/vocab.txt"
 
@@ -30,7 +30,7 @@ def _ends_in_silence(c: Candidate, tail: float = 0.1) -> bool:
     return c.clip.end - c.clip.speech_end >= tail
 
 
-def choose_reference(kept: list[Candidate], settings: VoiceSettings) -> tuple[Candidate | None, bool]:
+def choose_reference(kept: list[Candidate], settings: VoiceIngestSettings) -> tuple[Candidate | None, bool]:
     """The cleanest transcribed clip of 5-11 s that ends in silence, preferring one whose text ends
     in punctuation. Returns (clip, strict) where strict says it also ends in punctuation."""
     fits = [c for c in kept if c.text and settings.reference_min <= c.clip.duration <= settings.reference_max
@@ -103,7 +103,7 @@ def nothing_kept(sources: list[Source], cands: list[Candidate]) -> str:
 
 def build_report(sources: list[Source], cands: list[Candidate], kept: list[Candidate], manifest: list[dict],
             target: dict, transcription: dict, reference: Candidate | None, strict: bool, problems: Problems,
-            settings: VoiceSettings) -> dict[str, Any]:
+            settings: VoiceIngestSettings) -> dict[str, Any]:
     texts = [c.text for c in kept if c.text]
     missing = missing_characters(texts)
     by_reason: dict[str, int] = {}

@@ -156,6 +156,57 @@ def doctor(ctx: Ctx, as_json: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+@cli.command(context_settings=CONTEXT)
+@click.argument("footage", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--face", "faces", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A photo of the person (repeatable). Without it: the face with the most screen time.")
+@click.option("--voice", "voices", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A clip of the person speaking alone (repeatable). Without it: the voice heard while "
+                   "the person is on screen, else the one that speaks most.")
+@click.option("--count", type=click.IntRange(min=1), help="Images to pick (default 30).")
+@click.option("--captions", type=click.Choice(["auto", "florence2", "token"]),
+              help="auto: Florence-2 when its weights are found, else token-only captions.")
+@click.option("--min-clip", type=float, help="Shortest voice clip in seconds (default 3).")
+@click.option("--max-clip", type=float, help="Longest voice clip in seconds (default 12).")
+@click.option("--images-only", is_flag=True, help="Only the image dataset.")
+@click.option("--voice-only", is_flag=True, help="Only the voice dataset.")
+@click.option("--image-recipe", help="ingest-images recipe (fast, wide-shots) or a .toml file.")
+@click.option("--voice-recipe", help="ingest-voice recipe (strict) or a .toml file.")
+@json_option
+@click.pass_obj
+def ingest(ctx: Ctx, footage: tuple[Path, ...], faces: tuple[Path, ...], voices: tuple[Path, ...], count: int | None,
+           captions: str | None, min_clip: float | None, max_clip: float | None, images_only: bool, voice_only: bool,
+           image_recipe: str | None, voice_recipe: str | None, as_json: bool) -> None:
+    """Build the datasets from raw footage: sharp, varied, captioned frames of the person in
+    datasets/images, and clean single-speaker clips of their voice with transcripts in datasets/voice.
+
+    FOOTAGE: video files, still images, audio files, or folders of them (searched recursively).
+    Other people may appear and speak too: only the person is kept. A re-run skips what it
+    already analysed; with new models (Florence-2, Whisper) it only captions or transcribes.
+
+    \b
+    Examples:
+      persona ingest videos/
+      persona ingest lecture.mp4 interview.mkv --face me.jpg --voice me_alone.wav
+      persona ingest videos/ --images-only --count 40 --image-recipe wide-shots
+      persona ingest podcast.mp3 --voice-only --min-clip 4 --json
+    """
+    from persona.config import resolve_settings
+    from persona.data.images import ImageSettings
+    from persona.data.ingest import ingest as run
+    from persona.data.voice import VoiceIngestSettings
+
+    if images_only and voice_only:
+        raise PersonaError("--images-only and --voice-only exclude each other", fix="pass at most one of them")
+    image_settings = resolve_settings(ImageSettings, "ingest-images", image_recipe, {"count": count, "captions": captions})
+    voice_settings = resolve_settings(VoiceIngestSettings, "ingest-voice", voice_recipe,
+                                      {"min_clip": min_clip, "max_clip": max_clip})
+    summary = run(ctx.workspace(), list(footage), faces=list(faces), voices=list(voices), images=not voice_only,
+                  voice=not images_only, image_settings=image_settings, voice_settings=voice_settings)
+    emit(summary, as_json)
+
+
+# ------------------------------------------------------------------------------------------------
 @cli.command("train-lora", context_settings=CONTEXT)
 @click.option("--recipe", metavar="NAME|FILE",
               help="flux-dev-12gb, -16gb, -24gb, -80gb, tiny-cpu, or a .toml file "

@@ -29,11 +29,14 @@ SIZE = (640, 360)  # width, height
 
 
 def _ken_burns(image: np.ndarray, n: int, start: tuple[float, float, float], end: tuple[float, float, float],
-               mirror: bool = False) -> list[np.ndarray]:
-    """Frames moving a 16:9 window from (cx, cy, width) `start` to `end`, in image pixels."""
+               mirror: bool = False, tilt: float = 0.0) -> list[np.ndarray]:
+    """Frames moving a 16:9 window from (cx, cy, width) `start` to `end`, in image pixels, with the
+    picture turned by `tilt` degrees (a head tilt, for pose variety)."""
     from PIL import Image
 
     src = Image.fromarray(image[:, ::-1] if mirror else image)
+    if tilt:
+        src = src.rotate(tilt, resample=Image.Resampling.BICUBIC, fillcolor=(40, 40, 48))
     frames = []
     for i in range(n):
         a = i / max(n - 1, 1)
@@ -45,80 +48,49 @@ def _ken_burns(image: np.ndarray, n: int, start: tuple[float, float, float], end
 
 
 def make_footage(folder: str | Path) -> dict[str, Any]:
-    """Write demo footage: two videos with the persona (one also shows someone else) and a speech file.
+    """Write demo footage: two videos with the persona (one also shows someone else first) and a
+    speech file. The persona says SPEECH_TEXT twice per video, the second time a little slower.
 
     Returns paths plus ground truth: per video, the seconds where the persona is on screen.
     """
+    from scipy.signal import resample
+
     from persona.media import read_audio, write_audio, write_video
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     sr = 24000
     speech = read_audio(speech_wav(), sr)
-    pad = np.zeros(int(0.35 * sr), np.float32)
-    track = np.concatenate([pad, speech, pad])  # ~6 s
+    slower = resample(speech, int(len(speech) * 1.08)).astype(np.float32) * 0.8
+    pause = np.zeros(int(0.6 * sr), np.float32)
+    track = np.concatenate([pause, speech, pause, slower, pause])  # ~13 s
     seconds = len(track) / sr
     n = int(seconds * FPS)
     astronaut, other = portrait(), other_person()
 
-    lecture = _ken_burns(astronaut, n, (256, 200, 500), (235, 150, 230))
-    half = n // 2
-    interview = (_ken_burns(other, half, (256, 230, 480), (250, 200, 360))
-                 + _ken_burns(astronaut, n - half, (285, 160, 300), (275, 175, 380), mirror=True))
+    # Windows (centre x, centre y, width) keep the face (x 175-265, y 76-166 in the portrait) inside
+    # the frame, from half-body to close-up.
+    # Four shots: half-body, close-up tilted one way, medium mirrored, close-up tilted the other way.
+    q = n // 4
+    lecture = (_ken_burns(astronaut, q, (240, 175, 480), (230, 160, 400))
+               + _ken_burns(astronaut, q, (222, 128, 250), (220, 124, 220), tilt=8)
+               + _ken_burns(astronaut, q, (292, 150, 340), (290, 140, 300), mirror=True)
+               + _ken_burns(astronaut, n - 3 * q, (220, 126, 230), (222, 130, 260), tilt=-9))
+    intro = int(2.0 * FPS)  # someone else on screen, silent, before the persona
+    interview = (_ken_burns(other, intro, (256, 230, 480), (250, 210, 400))
+                 + _ken_burns(astronaut, n, (292, 150, 360), (292, 135, 280), mirror=True))
+    lead = np.zeros(int(intro / FPS * sr), np.float32)
     out = {
         "lecture": write_video(folder / "lecture.mp4", lecture, FPS, audio=track, sr=sr),
-        "interview": write_video(folder / "interview.mp4", interview, FPS, audio=track, sr=sr),
+        "interview": write_video(folder / "interview.mp4", interview, FPS, audio=np.concatenate([lead, track]), sr=sr),
         "speech": write_audio(folder / "speech.wav", track, sr),
     }
     return {
         "files": {k: str(v) for k, v in out.items()},
-        "persona_on_screen": {"lecture.mp4": [(0.0, n / FPS)], "interview.mp4": [(half / FPS, n / FPS)]},
+        "persona_on_screen": {"lecture.mp4": [(0.0, n / FPS)], "interview.mp4": [(intro / FPS, (intro + n) / FPS)]},
         "transcript": SPEECH_TEXT,
         "seconds": round(seconds, 2),
     }
-
-
-def fallback_voice_dataset(folder: str | Path, clips: int = 12, seed: int = 0) -> Path:
-    """A small voice dataset in the layout `persona ingest` writes (wavs/, manifest.json, metadata.csv,
-    reference.wav/.txt, report.json), made from the demo speech: `clips` takes of SPEECH_TEXT with
-    slight changes of speed, loudness, padding and background noise. Stands in for ingest's output
-    where a workspace has no [datasets].voice yet."""
-    import csv
-    import io
-
-    from scipy.signal import resample
-
-    from persona.files import write_json, write_text
-    from persona.media import read_audio, write_audio
-
-    folder = Path(folder)
-    sr = 24000
-    speech = read_audio(speech_wav(), sr)
-    rng = np.random.default_rng(seed)
-    manifest, rows = [], []
-    for i in range(1, clips + 1):
-        speed = rng.uniform(0.92, 1.08)
-        take = resample(speech, int(len(speech) / speed)).astype(np.float32) * rng.uniform(0.6, 1.0)
-        pad = [np.zeros(int(rng.uniform(0.05, 0.4) * sr), np.float32) for _ in range(2)]
-        take = np.concatenate([pad[0], take, pad[1]])
-        snr_db = float(rng.uniform(28, 40))
-        noise = rng.standard_normal(len(take)).astype(np.float32)
-        take += noise * np.sqrt(np.mean(take**2) / 10 ** (snr_db / 10))
-        path = write_audio(folder / "wavs" / f"{i:04d}.wav", take, sr)
-        seconds = round(len(take) / sr, 3)
-        manifest.append({"file": f"wavs/{i:04d}.wav", "source": speech_wav().name, "start": 0.0, "end": seconds,
-                         "duration": seconds, "speaker_similarity": 1.0, "snr_db": round(snr_db, 1), "text": SPEECH_TEXT})
-        rows.append([str(path.resolve()), SPEECH_TEXT])
-    write_json(folder / "manifest.json", manifest)
-    table = io.StringIO()
-    csv.writer(table, delimiter="|", lineterminator="\n").writerows([["audio_file", "text"], *rows])
-    write_text(folder / "metadata.csv", table.getvalue())
-    write_audio(folder / "reference.wav", speech, sr)
-    write_text(folder / "reference.txt", SPEECH_TEXT + "\n")
-    write_json(folder / "report.json", {"clips": clips, "transcribed": clips,
-                                        "seconds": round(sum(m["duration"] for m in manifest), 2),
-                                        "note": "demo fallback: variations of one recording, not ingest output"})
-    return folder
 
 
 # ------------------------------------------------------------------------------------------------
@@ -173,11 +145,8 @@ def step_train_voice(d: Demo) -> str:
     from persona.train.voice import VoiceSettings, train_voice
 
     ws = d.workspace
-    if not ws.pack.datasets.voice:
-        fallback_voice_dataset(ws.root / "datasets" / "voice")
-        ws.update("datasets", {"voice": "datasets/voice"})
-    settings = VoiceSettings(updates=6, val_every=3, batch_frames=1500, val_clips=2, val_repeats=2,
-                             min_minutes=0.5, num_workers=0, learning_rate=1e-3)
+    settings = VoiceSettings(updates=6, val_every=3, batch_frames=1500, val_clips=1, val_repeats=2,
+                             min_minutes=0.1, num_workers=0, learning_rate=1e-3)
     summary = train_voice(ws, settings)
     d.results["train_voice"] = {k: summary[k] for k in ("update", "baseline_val_loss", "best")}
     best = summary["best"]
@@ -197,31 +166,29 @@ def step_speak(d: Demo) -> str:
     return f"{out / 'hello.wav'} ({short['seconds']:.2f} s), {out / 'longer.wav'} ({long['seconds']:.2f} s)"
 
 
-def _fallback_image_dataset(d: Demo) -> str:
-    """A small captioned image dataset from frames of the demo footage, laid out as `persona ingest`
-    writes one (NNNN.png + NNNN.txt starting with the token), for when ingest has not filled
-    [datasets].images. The lecture video shows only the persona, so every frame is of them."""
-    from PIL import Image
+def step_ingest(d: Demo) -> str:
+    from persona.data.images import ImageSettings
+    from persona.data.ingest import ingest
+    from persona.data.voice import VoiceIngestSettings
 
-    from persona.files import write_text
-    from persona.media import iter_frames
-
-    ws = d.workspace
-    folder = ws.root / "datasets" / "images"
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, (t, frame) in enumerate(iter_frames(d.footage["files"]["lecture"], fps=1.0)):
-        Image.fromarray(frame).save(folder / f"{i:04d}.png")
-        caption = f"{ws.token}, an astronaut in an orange suit, studio portrait, frame at {t:.0f} s"
-        write_text(folder / f"{i:04d}.txt", caption)
-    ws.update("datasets", {"images": ws.relative(folder)})
-    return ws.relative(folder)
+    footage = [Path(d.footage["files"][k]) for k in ("lecture", "interview")]
+    # The demo's 360p faces are smaller than real footage's: look for them at 96 px. The tiny Whisper
+    # never stops talking, so its (meaningless) transcripts are kept despite hitting the token limit.
+    images = ImageSettings(count=8, min_face=96, sample_every=0.5, resolution=512)
+    summary = ingest(d.workspace, footage, image_settings=images,
+                     voice_settings=VoiceIngestSettings(drop_truncated=False, min_asr_logprob=None))
+    d.results["ingest"] = {"images": summary["images"] and summary["images"].get("images"),
+                           "voice_clips": summary["voice"] and summary["voice"].get("clips"),
+                           "failed": summary["failed"]}
+    images, voice = summary["images"] or {}, summary["voice"] or {}
+    return (f"{images.get('images', 0)} images in {d.workspace.pack.datasets.images}, "
+            f"{voice.get('clips', 0)} voice clips ({voice.get('seconds', 0):.1f} s) in {d.workspace.pack.datasets.voice}"
+            + (f"; failed: {summary['failed']}" if summary["failed"] else ""))
 
 
 def step_train_lora(d: Demo) -> str:
     from persona.train.lora import resolve, train_lora
 
-    if d.workspace.pack.datasets.images is None:
-        _fallback_image_dataset(d)
     settings, recipe = resolve("tiny-cpu")
     summary = train_lora(d.workspace, settings, recipe=recipe)
     d.results["lora"] = summary["lora"]
@@ -249,6 +216,7 @@ STEPS: list[tuple[str, Callable[[Demo], str]]] = [
     ("footage", step_footage),
     ("init", step_init),
     ("doctor", step_doctor),
+    ("ingest", step_ingest),
     ("train-lora", step_train_lora),
     ("train-voice", step_train_voice),
     ("speak", step_speak),

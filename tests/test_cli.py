@@ -19,7 +19,7 @@ def run(*args, cwd=None, stdin=None):
 def test_help_lists_verbs():
     out = run("--help")
     assert out.returncode == 0
-    for verb in ["init", "doctor", "demo"]:
+    for verb in ["init", "doctor", "ingest", "train-lora", "train-voice", "speak", "render", "demo"]:
         assert verb in out.stdout
 
 
@@ -90,8 +90,9 @@ def test_demo_keeps_a_workspace(tmp_path):
     out = run("demo", "--keep", str(tmp_path / "d"), "--json")
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout)
-    assert summary["kept"] and set(summary["steps"]) >= {"tiny models", "footage", "init", "doctor", "train-lora",
-                                                          "train-voice", "speak"}
+    assert summary["kept"] and list(summary["steps"]) == ["tiny models", "footage", "init", "doctor", "ingest",
+                                                          "train-lora", "train-voice", "speak", "render"]
+    assert summary["ingest"]["images"] >= 1 and summary["ingest"]["voice_clips"] >= 1
     assert 0 < summary["speak_seconds"][0] < summary["speak_seconds"][1]
     video = summary["render"]
     assert video["fps"] >= 30 and min(video["size"]) >= 720 and video["seconds"] > 0

@@ -12,7 +12,7 @@ from persona.errors import PersonaError
 RECIPE_SETTINGS: dict[str, str] = {
     "render": "persona.inference.plan:RenderSettings",
     "voice": "persona.train.voice:VoiceSettings",
-    "ingest-voice": "persona.data.voice:VoiceSettings",
+    "ingest-voice": "persona.data.voice:VoiceIngestSettings",
     "lora": "persona.train.lora:LoraSettings",
     "ingest-images": "persona.data.images:ImageSettings",
 }

@@ -17,7 +17,7 @@ import soundfile as sf
 
 from persona.data import clips as cliplib
 from persona.data import diarize, quality, vad
-from persona.data.voice import VoiceSettings, ingest_voice
+from persona.data.voice import VoiceIngestSettings, ingest_voice
 from persona.data.voice_dataset import missing_characters
 from persona.errors import PersonaError
 from persona.files import write_json
@@ -132,9 +132,9 @@ def test_plan_clips_cuts_only_at_pauses_and_skips_unclean_phrases():
 
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="min_clip"):
-        VoiceSettings(min_clip=12, max_clip=3)
+        VoiceIngestSettings(min_clip=12, max_clip=3)
     with pytest.raises(ValueError):
-        VoiceSettings(min_clipp=3)
+        VoiceIngestSettings(min_clipp=3)
 
 
 def test_missing_characters_against_f5_vocab():
@@ -148,7 +148,7 @@ def test_missing_characters_against_f5_vocab():
 def test_enrollment_keeps_only_the_person(make_workspace, interview, enroll_main):
     src, truth = interview
     ws = make_workspace(models=False)
-    summary = ingest_voice(ws, [src], VoiceSettings(), enroll=[enroll_main])
+    summary = ingest_voice(ws, [src], VoiceIngestSettings(), enroll=[enroll_main])
     manifest, report, rows = dataset(ws)
     assert summary["target"] == "enrollment" and report["target"]["files"] == [str(enroll_main)]
     assert manifest and inside(manifest, truth["main"])
@@ -171,7 +171,7 @@ def test_presence_picks_the_voice_heard_on_screen(make_workspace, interview):
     src, truth = interview
     ws = make_workspace(models=False)
     write_json(ws.path("datasets/images/presence.json"), {str(src.resolve()): [list(s) for s in truth["country"]]})
-    summary = ingest_voice(ws, [src], VoiceSettings())
+    summary = ingest_voice(ws, [src], VoiceIngestSettings())
     manifest, report, _ = dataset(ws)
     assert summary["target"] == "presence" and report["target"]["files"] == [str(src.resolve())]
     assert manifest and inside(manifest, truth["country"])
@@ -180,7 +180,7 @@ def test_presence_picks_the_voice_heard_on_screen(make_workspace, interview):
 def test_most_talkative_voice_without_other_hints(make_workspace, tmp_path):
     src, truth = montage(tmp_path, "talk.wav", ["town", "en", "town", "main"])
     ws = make_workspace(models=False)
-    summary = ingest_voice(ws, [src], VoiceSettings())
+    summary = ingest_voice(ws, [src], VoiceIngestSettings())
     manifest, _, _ = dataset(ws)
     assert summary["target"] == "most-talkative"
     assert manifest and inside(manifest, truth["town"])
@@ -194,7 +194,7 @@ def test_bad_inputs_are_named_and_the_rest_goes_on(make_workspace, interview, en
     corrupt.write_bytes(np.random.default_rng(0).bytes(5000))
     two_voices = write_audio(tmp_path / "two.wav", np.concatenate([voice("en"), voice("zh")]), SR)
     ws = make_workspace(models=False)
-    summary = ingest_voice(ws, [silent, mute, corrupt, src, tmp_path / "missing.wav"], VoiceSettings(),
+    summary = ingest_voice(ws, [silent, mute, corrupt, src, tmp_path / "missing.wav"], VoiceIngestSettings(),
                            enroll=[two_voices, enroll_main])
     problems = {Path(p["file"]).name: p["problem"] for p in summary["problems"]}
     assert "no speech" in problems["silence.wav"]
@@ -211,14 +211,14 @@ def test_nothing_usable_raises_and_writes_nothing(make_workspace, interview, tmp
     silent = write_audio(tmp_path / "silence.wav", np.zeros(SR * 4, np.float32), SR)
     ws = make_workspace(models=False)
     with pytest.raises(PersonaError, match="none of the 1 input files"):
-        ingest_voice(ws, [silent], VoiceSettings())
+        ingest_voice(ws, [silent], VoiceIngestSettings())
     two_voices = write_audio(tmp_path / "two.wav", np.concatenate([voice("en"), voice("zh")]), SR)
     with pytest.raises(PersonaError, match="--voice") as e:
-        ingest_voice(ws, [src], VoiceSettings(), enroll=[two_voices])
+        ingest_voice(ws, [src], VoiceIngestSettings(), enroll=[two_voices])
     assert e.value.file == two_voices
     alone = write_audio(tmp_path / "zh.wav", voice("zh"), SR)  # a voice never heard in the interview
     with pytest.raises(PersonaError, match="no clip of the target"):
-        ingest_voice(ws, [src], VoiceSettings(), enroll=[alone])
+        ingest_voice(ws, [src], VoiceIngestSettings(), enroll=[alone])
     assert not ws.path("datasets").exists() or not any(ws.path("datasets").iterdir())
     assert ws.pack.datasets.voice is None
 
@@ -228,13 +228,13 @@ def test_nothing_usable_raises_and_writes_nothing(make_workspace, interview, tmp
 def test_transcripts_are_added_on_a_rerun_and_cached(make_workspace, tiny_models, interview, enroll_main, capfd):
     src, truth = interview
     ws = make_workspace(models=False)
-    first = ingest_voice(ws, [src], VoiceSettings(), enroll=[enroll_main])
+    first = ingest_voice(ws, [src], VoiceIngestSettings(), enroll=[enroll_main])
     analysis = sorted(ws.path("cache/ingest/voice/analysis").glob("*.npz"))
     stamps = [p.stat().st_mtime_ns for p in analysis]
     assert first["transcribed"] == 0 and first["untranscribed"] > 0
 
     ws.update("models", {"whisper": str(tiny_models["whisper"]), "align-en": str(tiny_models["align-en"])})
-    settings = VoiceSettings(min_asr_logprob=None)  # a random-weight model is never sure of anything
+    settings = VoiceIngestSettings(min_asr_logprob=None)  # a random-weight model is never sure of anything
     second = ingest_voice(ws, [src], settings, enroll=[enroll_main])
     manifest, report, rows = dataset(ws)
     assert [p.stat().st_mtime_ns for p in analysis] == stamps  # the analysis was not redone
@@ -258,7 +258,7 @@ def test_transcripts_are_added_on_a_rerun_and_cached(make_workspace, tiny_models
 def test_reference_clip_is_5_to_11_s_with_its_transcript(make_workspace, tiny_models, tmp_path):
     src, _ = montage(tmp_path, "town.wav", ["town", "town"], gap=1.5)
     ws = make_workspace()
-    summary = ingest_voice(ws, [src], VoiceSettings(min_asr_logprob=None, max_chars_per_second=1000))
+    summary = ingest_voice(ws, [src], VoiceIngestSettings(min_asr_logprob=None, max_chars_per_second=1000))
     manifest, report, _ = dataset(ws)
     ref = report["reference"]
     assert summary["reference"] == "datasets/voice/reference.wav" and ref is not None
@@ -277,7 +277,7 @@ def test_demo_footage(make_workspace, demo_footage):
                               ("interview", demo_footage["persona_on_screen"]["interview.mp4"]))}
     write_json(ws.path("datasets/images/presence.json"), on_screen)
     sources = [Path(p) for p in demo_footage["files"].values()]
-    summary = ingest_voice(ws, sources, VoiceSettings(min_asr_logprob=None))
+    summary = ingest_voice(ws, sources, VoiceIngestSettings(min_asr_logprob=None))
     manifest, report, rows = dataset(ws)
     assert summary["target"] == "presence"
     assert {Path(e["source"]).name for e in manifest} == {"lecture.mp4", "interview.mp4", "speech.wav"}

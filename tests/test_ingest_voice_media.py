@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from persona.data.voice import VoiceSettings, ingest_voice
+from persona.data.voice import VoiceIngestSettings, ingest_voice
 from persona.errors import PersonaError
 from persona.media import read_audio, write_audio
 
@@ -62,7 +62,7 @@ def test_enrolled_speaker_is_found_alone_in_another_meeting(shared_media, make_w
     name, a, b = enroll
     clip = write_audio(tmp_path / "enroll.wav", read_audio(ami / f"{name}.wav", 16000, a, b), 16000)
     ws = make_workspace(models=False)
-    ingest_voice(ws, [ami / f"{search}.wav"], VoiceSettings(), enroll=[clip])
+    ingest_voice(ws, [ami / f"{search}.wav"], VoiceIngestSettings(), enroll=[clip])
     purity, recall, seconds = figures(kept_spans(ws), turns(ami / "train.rttm", search), "FEE083", 30.0)
     print(f"\nFEE083 enrolled from {name} {a}-{b} s, searched in {search}: kept {seconds:.1f} s, "
           f"{purity:.0%} of it FEE083 alone; {recall:.0%} of FEE083's solo runs >= 3 s kept")
@@ -77,13 +77,13 @@ def test_a_speaker_absent_from_the_meeting_yields_nothing(shared_media, make_wor
     name, a, b = enroll
     clip = write_audio(tmp_path / "enroll.wav", read_audio(ami / f"{name}.wav", 16000, a, b), 16000)
     with pytest.raises(PersonaError, match="no clip of the target"):
-        ingest_voice(make_workspace(models=False), [ami / f"{search}.wav"], VoiceSettings(), enroll=[clip])
+        ingest_voice(make_workspace(models=False), [ami / f"{search}.wav"], VoiceIngestSettings(), enroll=[clip])
 
 
 def test_most_talkative_speaker_of_a_meeting(shared_media, make_workspace):
     ami = shared_media / "speech" / "ami"
     ws = make_workspace(models=False)
-    summary = ingest_voice(ws, [ami / "trn09.wav"], VoiceSettings())
+    summary = ingest_voice(ws, [ami / "trn09.wav"], VoiceIngestSettings())
     purity, recall, seconds = figures(kept_spans(ws), turns(ami / "train.rttm", "trn09"), "FEE083", 30.0)
     print(f"\nmost talkative in trn09 (FEE083): kept {seconds:.1f} s, {purity:.0%} FEE083 alone, {recall:.0%} recall")
     assert summary["target"] == "most-talkative" and purity >= 0.9

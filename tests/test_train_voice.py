@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from persona.demo import SPEECH_TEXT, fallback_voice_dataset
+from persona.samples import SPEECH_TEXT, synthetic_voice_dataset
 from persona.errors import PersonaError
 from persona.files import read_json, write_json
 from persona.inference.speech import speak
@@ -24,7 +24,7 @@ TINY = dict(updates=4, val_every=2, batch_frames=1500, val_clips=2, val_repeats=
 
 @pytest.fixture(scope="session")
 def voice_dataset(tmp_path_factory):
-    return fallback_voice_dataset(tmp_path_factory.mktemp("voice") / "voice")
+    return synthetic_voice_dataset(tmp_path_factory.mktemp("voice") / "voice")
 
 
 @pytest.fixture

@@ -1,0 +1,51 @@
+"""`persona ingest`: footage -> the image dataset and the voice dataset.
+
+The image side runs first: the time spans where the person's face is on screen
+(datasets/images/presence.json) tell the voice side whose voice to keep when no enrollment clip
+is given. Each side skips bad files and goes on; the command fails only when neither side
+produced a usable dataset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from persona.data.images import ImageSettings, ingest_images
+from persona.data.inputs import discover
+from persona.data.voice import VoiceIngestSettings, ingest_voice
+from persona.errors import PersonaError
+from persona.progress import console
+
+
+def ingest(ws: Any, paths: list[Path], *, faces: list[Path] = (), voices: list[Path] = (), images: bool = True,
+           voice: bool = True, image_settings: ImageSettings | None = None,
+           voice_settings: VoiceIngestSettings | None = None) -> dict[str, Any]:
+    if not images and not voice:
+        raise PersonaError("nothing to do: both sides are switched off", fix="drop --images-only or --voice-only")
+    found = discover(paths)
+    if not found:
+        raise PersonaError("no videos, images or audio files among the inputs",
+                           fix="give files or folders of footage (mp4, mov, mkv, webm, avi; jpg, png; wav, mp3, ...)")
+    summary: dict[str, Any] = {"workspace": str(ws.root), "inputs": found.summary(), "images": None, "voice": None,
+                               "failed": {}}
+    sides = []
+    if images:
+        sides.append(("images", lambda: ingest_images(ws, found.videos, found.images, image_settings, faces),
+                      found.videos or found.images))
+    if voice:
+        sides.append(("voice", lambda: ingest_voice(ws, found.videos + found.audio, voice_settings, enroll=voices),
+                      found.videos or found.audio))
+    for name, run, inputs in sides:
+        if not inputs:
+            summary["failed"][name] = f"no inputs for the {name} side"
+            continue
+        try:
+            summary[name] = run()
+        except PersonaError as e:
+            summary["failed"][name] = str(e)
+            console.print(f"[red]{name} side failed:[/red] {e}", markup=True, highlight=False)
+    if not summary["images"] and not summary["voice"]:
+        problems = "; ".join(f"{k}: {v}" for k, v in summary["failed"].items())
+        raise PersonaError(f"no usable dataset resulted ({problems})", fix="see the messages above for each file")
+    return summary
