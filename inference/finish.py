@@ -235,28 +235,21 @@ def resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 # ---- the stage ----------------------------------------------------------------------------------------
-def _choose(ws: Any, f: FinishSettings) -> tuple[str, Path | None, str, Path | None]:
-    """(interpolation method, FILM file, upscale method, upscaler file), warning once about fallbacks."""
+def _pick(ws: Any, key: str, choice: str, model_choice: str, fallback: str, fallback_note: str) -> tuple[str, Path | None]:
+    """(method, model file) for one finishing step: the model when asked for (it must exist), or
+    when `auto` finds it configured; else the fallback, with a warning once."""
     from persona.models import find, locate
     from persona.progress import warn
 
-    def configured(key: str) -> Path | None:
-        hit = find(key, models=ws.pack.models)
-        return hit.path if hit is not None and not hit.problems else None
-
-    film = locate("film", models=ws.pack.models) if f.interpolation == "film" else configured("film")
-    method = f.interpolation
-    if method == "auto":
-        method = "film" if film else "minterpolate"
-        if not film:
-            warn("no FILM model configured (see `persona doctor`): interpolating with FFmpeg's minterpolate", once=True)
-    upscaler = locate("upscaler", models=ws.pack.models) if f.upscale == "model" else configured("upscaler")
-    up = f.upscale
-    if up == "auto":
-        up = "model" if upscaler else "lanczos"
-        if not upscaler:
-            warn("no upscaler model configured (see `persona doctor`): resizing with Lanczos", once=True)
-    return method, film if method == "film" else None, up, upscaler if up == "model" else None
+    if choice == model_choice:
+        return choice, locate(key, models=ws.pack.models)
+    if choice != "auto":
+        return choice, None
+    hit = find(key, models=ws.pack.models)
+    if hit is not None and not hit.problems:
+        return model_choice, hit.path
+    warn(f"no {key} model configured (see `persona doctor`): {fallback_note}", once=True)
+    return fallback, None
 
 
 def finish_scene(source: Path, seconds: float, out: Path, method: str, film: Any, upscaler: Any,
@@ -282,7 +275,8 @@ def run(scenes: list[Any], ws: Any, settings: Any, rdir: Any, synced: list[str],
     from persona.inference.plan import take
 
     f = settings.finish
-    method, film_path, up, up_path = _choose(ws, f)
+    method, film_path = _pick(ws, "film", f.interpolation, "film", "minterpolate", "interpolating with FFmpeg's minterpolate")
+    up, up_path = _pick(ws, "upscaler", f.upscale, "model", "lanczos", "resizing with Lanczos")
     size = output_size(settings.aspect, f.output_height)
     model_ids = [hash_file(p) if p else None for p in (film_path, up_path)]
     rendered, reused, moved = [], [], []

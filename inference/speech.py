@@ -11,34 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import re
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from persona.errors import PersonaError
-from persona.models import locate
+from persona.models import f5_arch, locate
 
 SAMPLE_RATE = 24000
-
-
-def base_arch() -> dict[str, Any]:
-    """F5TTS_v1_Base's DiT settings, from the config the f5-tts package ships."""
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(str(files("f5_tts").joinpath("configs/F5TTS_v1_Base.yaml")))
-    return OmegaConf.to_container(cfg.model.arch, resolve=True)
-
-
-def arch_for(checkpoint: Path) -> dict[str, Any]:
-    sidecar = checkpoint.parent / "model_config.json"
-    if sidecar.exists():
-        return json.loads(sidecar.read_text())["arch"]
-    return base_arch()
 
 
 def reference_text_for_f5(text: str) -> str:
@@ -98,7 +81,7 @@ class Voice:
         vocab_size = sum(1 for _ in open(files_.vocab, encoding="utf-8"))
         with quiet_stdout():
             try:
-                self.model = load_model(DiT, arch_for(files_.checkpoint), str(files_.checkpoint),
+                self.model = load_model(DiT, f5_arch(files_.checkpoint), str(files_.checkpoint),
                                         vocab_file=str(files_.vocab), device=self.device)
             except RuntimeError as e:
                 if "size mismatch" in str(e):

@@ -196,6 +196,25 @@ class Located:
     problems: list[str] = field(default_factory=list)
 
 
+def f5_base_arch() -> dict:
+    """F5TTS_v1_Base's DiT settings, from the config the f5-tts package ships."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(str(files("f5_tts").joinpath("configs/F5TTS_v1_Base.yaml")))
+    return OmegaConf.to_container(cfg.model.arch, resolve=True)
+
+
+def f5_arch(checkpoint: Path) -> dict:
+    """The DiT settings of an F5-TTS checkpoint: `model_config.json` beside it when there is one
+    (smaller variants, the tiny test models), else F5TTS_v1_Base's."""
+    import json
+
+    sidecar = Path(checkpoint).parent / "model_config.json"
+    return json.loads(sidecar.read_text())["arch"] if sidecar.exists() else f5_base_arch()
+
+
 def spec(key: str) -> ModelSpec:
     try:
         return REGISTRY[key]

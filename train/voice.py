@@ -39,7 +39,6 @@ from persona.train.voice_trainer import (
     Base,
     Run,
     Trainer,
-    base_arch,
     check_vocab,
     find_base,
     known_notices,
@@ -197,7 +196,7 @@ def train_voice(ws: Any, settings: VoiceSettings | None = None, *, base: str | P
          f"{plan.train_clips} clips; {plan.val_clips} held out), {plan.batch_frames} frames x {plan.grad_accum} per update, "
          f"lr {plan.learning_rate:g} after {plan.warmup_updates} warmup updates, validation every {plan.val_every}, "
          f"{plan.device} {plan.precision}" + (f", recipe {recipe}" if recipe else ""))
-    if plan.device == "cpu" and f5.arch == base_arch():
+    if plan.device == "cpu" and f5.arch == model_registry.f5_base_arch():
         warn("no CUDA GPU: F5TTS_v1_Base trains at about a minute per small update on a CPU; use a GPU")
 
     trainer = Trainer(run, f5, vocab, weights, s)
@@ -292,7 +291,7 @@ def export_voice(ws: Any, run: Run, base: Base, data: VoiceData, history: list[d
             shutil.copyfile(run.best, tmp)
         shutil.copyfile(base.vocab, out / "vocab.txt")
         sidecar = out / "model_config.json"
-        if base.arch != base_arch():
+        if base.arch != model_registry.f5_base_arch():
             write_json(sidecar, {"backbone": "DiT", "arch": base.arch})
         else:
             sidecar.unlink(missing_ok=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import random
 import re
 import warnings
@@ -54,21 +53,13 @@ def package_vocab() -> Path:
     return Path(str(files("f5_tts").joinpath("infer/examples/vocab.txt")))
 
 
-def base_arch() -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(str(files("f5_tts").joinpath("configs/F5TTS_v1_Base.yaml")))
-    return OmegaConf.to_container(cfg.model.arch, resolve=True)
-
-
 def find_base(models: dict[str, str], explicit: str | Path | None = None) -> Base:
     """The pretrained checkpoint (an F5-TTS snapshot folder or a checkpoint file), its vocab and architecture."""
     found = model_registry.find("f5-tts", explicit, models)
     path = model_registry.locate("f5-tts", explicit, models)
     checkpoint = path if path.is_file() else path / BASE_FILE
     vocab = checkpoint.parent / "vocab.txt"
-    sidecar = checkpoint.parent / "model_config.json"
-    arch = json.loads(sidecar.read_text())["arch"] if sidecar.exists() else base_arch()
+    arch = model_registry.f5_arch(checkpoint)
     name = f"{found.repo}/{BASE_FILE}" if found and found.repo else str(checkpoint)
     return Base(checkpoint, vocab if vocab.exists() else package_vocab(), arch, name)
 
