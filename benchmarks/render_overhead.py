@@ -70,6 +70,8 @@ def main() -> None:
         print(f"re-render after a one-scene edit: {t_edit:.1f} s = {t_edit / t_full:.0%} of a full render "
               f"(loads: {again['model_loads']}; redone: "
               f"{ {k: v['rendered'] for k, v in again['stages'].items() if v.get('rendered')} })")
+        print("seconds per stage, full / after the edit: " + ", ".join(
+            f"{k} {full['stages'][k]['seconds']:.1f}/{again['stages'][k]['seconds']:.1f}" for k in full["stages"]))
 
 
 if __name__ == "__main__":
