@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -75,9 +74,19 @@ def reencode_short_gop(src: Path, out: Path, seconds: float) -> float:
 
 
 def _cpu() -> float:
-    """CPU seconds of this process and of its finished children (the scan's worker processes)."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    """CPU seconds used by this process and every process under it, the scan's workers included
+    (they are children of a fork server, which getrusage(RUSAGE_CHILDREN) never sees)."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()  # children_*: workers the fork server has already reaped
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def reference_frame(out: Path) -> Path:

@@ -100,7 +100,7 @@ _loaded: dict[str, FaceBackend] = {}
 
 
 def backend(name: str = "dlib") -> FaceBackend:
-    """The named backend, loaded once per process (forked workers inherit the parent's)."""
+    """The named backend, loaded once per process (each scan worker loads its own when it starts)."""
     if name not in _loaded:
         _loaded[name] = BACKENDS[name]()
     return _loaded[name]

@@ -304,15 +304,19 @@ def run(sources: list[Source], settings: ScanSettings, cache: Path, workers: int
 
 def _map(tasks: list[dict[str, Any]], workers: int, backend: str) -> Iterator[dict[str, Any]]:
     workers = max(1, min(workers, len(tasks)))
-    fx.backend(backend)  # loaded once here; forked workers inherit it instead of loading their own
     if workers == 1:
+        fx.backend(backend)
         yield from map(_run, tasks)
         return
-    # Longest first, so one long segment does not run alone at the end. Forked workers start at once
-    # with the parent's loaded models; spawned ones (where fork is missing) load their own.
+    # Longest first, so one long segment does not run alone at the end. Workers come from a fork
+    # server, not a fork of this process: by now it may hold threads (torch's, PyAV's, a compile
+    # pool's) whose locks a plain fork would copy in a locked state, and a worker would hang on them.
     tasks = sorted(tasks, key=lambda t: -t["seconds"])
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(workers) as pool:
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload([__name__])  # workers start with the imports done
+    with context.Pool(workers, initializer=fx.backend, initargs=(backend,)) as pool:
         yield from pool.imap_unordered(_run, tasks)
 
 
