@@ -24,20 +24,22 @@ import av
 import numpy as np
 from PIL import Image
 
+from persona.media import av_open
+
 REPO = Path(__file__).resolve().parents[1]
 MEDIA = Path(os.environ.get("PERSONA_SHARED_MEDIA", REPO.parent / "shared" / "media")) / "footage"
 
 
 def remux_repeated(src: Path, out: Path, seconds: float) -> float:
     """Concatenate `src` with itself (packets copied, timestamps shifted) to at least `seconds`."""
-    with av.open(str(src)) as probe:
+    with av_open(str(src)) as probe:
         stream = probe.streams.video[0]
         length = float(stream.duration * stream.time_base)
     reps = max(1, int(np.ceil(seconds / length)))
-    with av.open(str(out), "w") as dst:
+    with av_open(str(out), "w") as dst:
         vs = None
         for r in range(reps):
-            with av.open(str(src)) as inp:
+            with av_open(str(src)) as inp:
                 s = inp.streams.video[0]
                 vs = vs or dst.add_stream_from_template(s, opaque=True)
                 shift = int(round(r * length / s.time_base))
@@ -52,7 +54,7 @@ def remux_repeated(src: Path, out: Path, seconds: float) -> float:
 
 
 def reencode_short_gop(src: Path, out: Path, seconds: float) -> float:
-    with av.open(str(src)) as inp, av.open(str(out), "w") as dst:
+    with av_open(str(src)) as inp, av_open(str(out), "w") as dst:
         s = inp.streams.video[0]
         s.thread_type = "AUTO"
         rate = s.average_rate
@@ -90,7 +92,7 @@ def _cpu() -> float:
 
 
 def reference_frame(out: Path) -> Path:
-    with av.open(str(MEDIA / "latentsync_demo2.mp4")) as c:
+    with av_open(str(MEDIA / "latentsync_demo2.mp4")) as c:
         for frame in c.decode(video=0):
             if frame.time >= 18.5:
                 Image.fromarray(frame.to_ndarray(format="rgb24")).save(out)

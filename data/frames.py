@@ -29,7 +29,7 @@ import av
 import numpy as np
 
 from persona.errors import PersonaError
-from persona.media import probe
+from persona.media import av_open, probe
 
 # Formats whose first plane is 8-bit luma, read without any conversion for the cut detector.
 _Y8_FORMATS = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21", "gray"}
@@ -60,7 +60,7 @@ def open_video(path: Path) -> tuple[av.container.InputContainer, av.video.stream
         what = "an audio file" if info.has_audio else "a file without video"
         raise PersonaError(f"has no video track ({what})", file=path,
                            fix="pass it as audio for the voice dataset, or use a video file")
-    container = av.open(str(path))
+    container = av_open(str(path))
     return container, container.streams.video[0]
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from persona.errors import PersonaError
+from persona.media import ffmpeg_logs_off
 
 FILM_MULTIPLE = 64  # FILM's feature pyramid wants sides divisible by 64
 
@@ -103,6 +104,7 @@ def minterpolate(frames: Iterable[np.ndarray], fps: float, factor: int) -> Itera
     """FFmpeg's motion-compensated interpolation (through PyAV's filter graph)."""
     import av
 
+    ffmpeg_logs_off()
     graph = None
     rate = Fraction(fps).limit_denominator(1001)
     for i, frame in enumerate(frames):

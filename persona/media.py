@@ -31,13 +31,30 @@ class MediaInfo:
     sample_rate: int = 0
 
 
+def ffmpeg_logs_off() -> None:
+    """Route FFmpeg's logging nowhere, as PyAV's default is.
+
+    Importing torchvision switches PyAV's Python log callback on (av.logging.set_level(ERROR)). FFmpeg's
+    own threads (x264's lookahead, frame-threaded decoders, filter slices) then need the GIL to log,
+    and an encode or decode that waits for them while the main thread holds it never returns: an
+    intermittent hang. Called before every open, it undoes whatever was imported since.
+    """
+    if av.logging.get_level() is not None:
+        av.logging.set_level(None)
+
+
+def av_open(*args, **kwargs) -> av.container.Container:
+    ffmpeg_logs_off()
+    return av.open(*args, **kwargs)
+
+
 def _open(path: Path) -> av.container.InputContainer:
     if not path.exists():
         raise PersonaError("does not exist", file=path, fix="check the path")
     if path.stat().st_size == 0:
         raise PersonaError("is empty", file=path, fix="re-copy or re-export the file")
     try:
-        return av.open(str(path))
+        return av_open(str(path))
     except (av.error.FFmpegError, UnicodeDecodeError) as e:
         raise PersonaError(f"cannot be read as media ({e.__class__.__name__}: {e})", file=path,
                            fix="check it plays in a media player; re-export it as mp4 (H.264) or wav") from None
@@ -153,7 +170,7 @@ def write_video(
     """
     path = Path(path)
     with atomic_path(path) as tmp:
-        with av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart+use_metadata_tags"}) as c:
+        with av_open(str(tmp), "w", format="mp4", options={"movflags": "+faststart+use_metadata_tags"}) as c:
             for k, v in (metadata or {}).items():
                 c.metadata[k] = v
             rate = Fraction(fps).limit_denominator(1001)

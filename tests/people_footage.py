@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 from PIL import Image
 
-from persona.media import write_video
+from persona.media import av_open, write_video
 
 FPS = 10
 TARGET = "man"
@@ -45,7 +44,7 @@ def _decode(media: Path) -> dict[tuple, object]:
     got = {}
     for who, wanted in _frames_wanted().items():
         wanted.sort(key=lambda w: w[0])
-        with av.open(str(media / SOURCES[who])) as c:
+        with av_open(str(media / SOURCES[who])) as c:
             stream = c.streams.video[0]
             stream.thread_type = "AUTO"
             stream.codec_context.skip_frame = "NONREF"  # half the decoding; a frame every ~0.1 s is plenty

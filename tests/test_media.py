@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from persona.errors import PersonaError
-from persona.media import probe, read_audio, stream_durations, write_audio, write_video
+from persona.media import av_open, probe, read_audio, stream_durations, write_audio, write_video
 
 
 def test_video_roundtrip_with_audio_and_metadata(tmp_path):
@@ -14,9 +14,7 @@ def test_video_roundtrip_with_audio_and_metadata(tmp_path):
     assert (info.width, info.height, info.fps, info.has_audio) == (96, 64, 16.0, True)
     d = stream_durations(path)
     assert d["video"] == pytest.approx(2.0, abs=1e-6) and d["audio"] == pytest.approx(2.0, abs=0.03)
-    import av
-
-    with av.open(str(path)) as c:
+    with av_open(str(path)) as c:
         assert c.metadata["comment"] == "AI-generated"
     back = read_audio(path, 16000)
     assert abs(len(back) / 16000 - 2.0) < 0.1
@@ -45,3 +43,16 @@ def test_missing_audio_track(tmp_path):
     path = write_video(tmp_path / "silent.mp4", [np.zeros((32, 32, 3), np.uint8)] * 4, 8)
     with pytest.raises(PersonaError, match="no audio track"):
         read_audio(path)
+
+
+def test_opening_media_switches_ffmpeg_logging_back_off(tmp_path):
+    """torchvision's import turns PyAV's Python log callback on; with x264's threads that can hang an
+    encode forever, so every open switches it back off."""
+    import av
+
+    av.logging.set_level(av.logging.ERROR)  # as importing torchvision.io does
+    frames = [np.zeros((32, 32, 3), np.uint8)] * 4
+    path = write_video(tmp_path / "v.mp4", frames, 8, preset="ultrafast")
+    assert av.logging.get_level() is None
+    av.logging.set_level(av.logging.ERROR)
+    assert probe(path).has_video and av.logging.get_level() is None

@@ -8,13 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-import av
 import pytest
 
 from persona.errors import PersonaError
 from persona.files import read_json
 from persona.inference.render import render
-from persona.media import stream_durations
+from persona.media import av_open, stream_durations
 
 SCRIPT = Path(__file__).parent / "data" / "three_scenes.json"
 
@@ -43,7 +42,7 @@ def test_three_scenes_end_to_end(rendered):
     assert abs(d["video"] - sum(narrations)) < 0.1 and abs(d["audio"] - sum(narrations)) < 0.1
     srt = (rdir / "final.srt").read_text()
     assert srt.count(" --> ") == 2 + 1 + 3  # one cue per sentence
-    with av.open(str(final)) as c:
+    with av_open(str(final)) as c:
         assert c.streams.video[0].codec_context.name == "h264" and c.streams.audio[0].codec_context.name == "aac"
         assert c.metadata["ai_generated"] == "true" and c.metadata["persona"] == ws.name
         assert "consent" in c.metadata["comment"] and "granted by" in c.metadata["consent"]
