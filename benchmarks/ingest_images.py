@@ -124,7 +124,7 @@ def run(videos: list[Path], seconds: float, reference: Path, workers: int, label
             images.scan.run = original
         total = time.perf_counter() - t0
     scan_s, cpu = timings.get("scan", float("nan")), timings.get("scan_cpu", float("nan"))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = images.scan.worker_count(0)
     print(f"{label}: {seconds:.0f} s of footage in {len(videos)} file(s)")
     print(f"  scan (decode + faces + identity embeddings): {scan_s:6.1f} s = {seconds / scan_s:5.1f}x real time")
     print(f"    CPU time {cpu:.1f} s ({cpu / scan_s:.2f} cores busy on average): {seconds / cpu:.1f} s of footage per "
@@ -142,7 +142,9 @@ def main() -> None:
     if not MEDIA.is_dir():
         raise SystemExit(f"real footage not found at {MEDIA} (set PERSONA_SHARED_MEDIA)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from persona.data.scan import worker_count
+
+    cores = worker_count(0)
     print(f"{cores} CPU cores; load average before: {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="persona-footage-") as tmp:
         folder = Path(tmp)

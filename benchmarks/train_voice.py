@@ -62,14 +62,15 @@ def full_step(recipe: str | None, frames: int | None, steps: int) -> None:
     from persona.config import resolve_settings
     from persona.train.voice import VoiceSettings
     from persona.models import f5_base_arch
-    from persona.train.voice_trainer import MEL, package_vocab
+    from persona.models import f5_pretrained_vocab
+    from persona.train.voice_trainer import MEL
     from persona.train.voice_data import read_vocab
 
     s = resolve_settings(VoiceSettings, "voice", recipe)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     frames = frames or s.batch_frames
-    vocab = read_vocab(package_vocab())
+    vocab = read_vocab(f5_pretrained_vocab())
     arch = {**f5_base_arch(), "checkpoint_activations": s.checkpoint_activations}
     model = CFM(transformer=DiT(**arch, text_num_embeds=len(vocab), mel_dim=100), mel_spec_kwargs=MEL,
                 vocab_char_map=vocab).to(device)

@@ -13,7 +13,8 @@ from typing import Any
 
 from PIL import Image
 
-TASKS = ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>")
+from persona.device import default_device
+
 
 # "The image shows", "In this image we can see", "This is a close-up photo of", ...
 _LEAD = re.compile(
@@ -54,10 +55,9 @@ class Florence:
         import torch
         from transformers import AutoProcessor, Florence2ForConditionalGeneration
 
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = default_device()
         self.dtype = torch.float16 if self.device == "cuda" else torch.float32
         self.task = task
-        self.name = f"florence2:{Path(path).name}"
         self.processor = AutoProcessor.from_pretrained(str(path))
         self.model = Florence2ForConditionalGeneration.from_pretrained(str(path), dtype=self.dtype).to(self.device).eval()
 

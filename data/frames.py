@@ -29,7 +29,7 @@ import av
 import numpy as np
 
 from persona.errors import PersonaError
-from persona.media import av_open, probe
+from persona.media import open_video
 
 # Formats whose first plane is 8-bit luma, read without any conversion for the cut detector.
 _Y8_FORMATS = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21", "gray"}
@@ -52,16 +52,6 @@ class VideoLayout:
         """The typical (median) gap between keyframes; the whole duration when there is one keyframe."""
         gaps = np.diff(self.keyframes)
         return float(np.median(gaps)) if len(gaps) else self.duration
-
-
-def open_video(path: Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
-    info = probe(path)  # raises a PersonaError for missing, empty and unreadable files
-    if not info.has_video:
-        what = "an audio file" if info.has_audio else "a file without video"
-        raise PersonaError(f"has no video track ({what})", file=path,
-                           fix="pass it as audio for the voice dataset, or use a video file")
-    container = av_open(str(path))
-    return container, container.streams.video[0]
 
 
 def layout(path: Path) -> VideoLayout:

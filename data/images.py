@@ -13,7 +13,6 @@ The folder is built beside the old one and swapped in whole, so a killed run nev
 from __future__ import annotations
 
 import json
-import shutil
 import tomllib
 from collections import Counter
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from persona.data import captions as cap
 from persona.data import crops, frames, scan, select
 from persona.data import faces as fx
 from persona.errors import PersonaError
-from persona.files import hash_file, hash_json, is_fresh, mark_fresh, read_json, write_json, write_text
+from persona.files import hash_file, hash_json, is_fresh, mark_fresh, read_json, staged_dir, write_json, write_text
 from persona.progress import info, meter, track, warn
 
 DATASET = "datasets/images"
@@ -260,13 +259,8 @@ def _nothing_usable(rejected: Counter) -> PersonaError:
 def _build(ws: Any, root: Path, usable: list[scan.Source], identity: select.Identity, ordered: list[select.Candidate],
            rejected: Counter, settings: ImageSettings, backend: fx.FaceBackend, match: float, key: str) -> None:
     """Extract, verify, crop and write the dataset into a staging folder, then swap it in."""
-    staging = root.with_name(f".{root.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with staged_dir(root) as staging:
         _write(ws, root, staging, usable, identity, ordered, rejected, settings, backend, match)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone after the swap; removed when anything failed
     mark_fresh(root / "manifest.json", key)
 
 
@@ -295,7 +289,6 @@ def _write(ws: Any, root: Path, staging: Path, usable: list[scan.Source], identi
     write_json(staging / "presence.json", presence)
     crops.contact_sheet([staging / e["file"] for e in manifest], [f"{e['file'][:4]} {e['framing']}" for e in manifest],
                         staging / "review" / "contact_sheet.png")
-    _swap(staging, root)
 
 
 def _extract(usable: list[scan.Source], ordered: list[select.Candidate], settings: ImageSettings,
@@ -390,15 +383,6 @@ def _write_report(folder: Path, usable: list[scan.Source], identity: select.Iden
     })
 
 
-def _swap(staging: Path, root: Path) -> None:
-    old = root.with_name(f".{root.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if root.exists():
-        root.rename(old)
-    staging.rename(root)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 # ---- captions and the trainer-facing files ---------------------------------------------------
 def _captioner(ws: Any, settings: ImageSettings) -> tuple[Path | None, str | None]:
     """Florence-2's folder (or None, and why), checked before any work when it is required."""
@@ -436,9 +420,8 @@ def _caption(ws: Any, root: Path, manifest: list[dict[str, Any]], settings: Imag
                     e["caption_raw"] = model.describe(im)
                 e["captioner"] = name
             e["caption"] = cap.person_caption(e.get("caption_raw", ""), token)
-            write_text(root / Path(e["file"]).with_suffix(".txt"), e["caption"] + "\n")
         write_json(root / "manifest.json", manifest)
-    _trainer_files(root, manifest, root)
+    _trainer_files(root, manifest, root)  # writes the changed captions' .txt files
     return name
 
 

@@ -25,7 +25,7 @@ from PIL import Image, ImageOps
 from persona.data import faces as fx
 from persona.data import frames
 from persona.errors import PersonaError
-from persona.files import hash_file, hash_json, read_json, write_json
+from persona.files import hash_json, read_json, remembered_hash, write_json
 
 SCAN_VERSION = 2
 REEMBED = 30.0  # seconds between identity measurements along one face track
@@ -245,17 +245,6 @@ def _tasks_for(src: Source, settings: ScanSettings, folder: Path) -> list[dict[s
     return tasks
 
 
-def _content_hash(path: Path, memo: dict[str, list]) -> str:
-    """The file's content hash, remembered in `memo` by path, size and modification time: hashing
-    hours of footage takes a while, and a re-run should not pay it again for unchanged files."""
-    st = path.stat()
-    stamp = [st.st_size, st.st_mtime_ns]
-    entry = memo.get(str(path))
-    if not entry or entry[:2] != stamp:
-        memo[str(path)] = entry = stamp + [hash_file(path)]
-    return entry[2]
-
-
 def prepare(sources: list[Source], settings: ScanSettings, cache: Path) -> None:
     """Hash each input and load finished scans from the cache; read the layout of the others."""
     memo = read_json(cache / "hashes.json", {})
@@ -263,7 +252,7 @@ def prepare(sources: list[Source], settings: ScanSettings, cache: Path) -> None:
         try:
             if src.path.stat().st_size == 0:
                 raise PersonaError("is empty", file=src.path, fix="re-copy or re-export the file")
-            src.key = hash_json({"file": _content_hash(src.path, memo), "scan": settings.key()})
+            src.key = hash_json({"file": remembered_hash(src.path, memo), "scan": settings.key()})
             done = read_json(_cache_dir(cache, src) / "analysis.json")
             if done and done.get("key") == src.key:
                 src.analysis = done

@@ -14,7 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from persona.device import default_device
+
 SAMPLE_RATE = 16000
+# Bounds Whisper's output to the clip's length, as real speech stays well under it (a part of the
+# transcript cache's key: changing it redoes the transcripts)
+TOKENS_PER_SECOND = 10.0
 PUNKT_FILES = ("collocations.tab", "sent_starters.txt", "abbrev_types.txt", "ortho_context.tab")
 
 
@@ -49,13 +54,12 @@ class Transcriber:
     """Load once, transcribe many clips (16 kHz mono)."""
 
     def __init__(self, whisper: Path, align: Path | None, nltk_dir: Path, language: str = "en",
-                 beam_size: int = 5, tokens_per_second: float = 10.0, device: str | None = None):
-        import torch
+                 beam_size: int = 5):
         from faster_whisper import WhisperModel
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = default_device()
 
-        self.language, self.beam_size, self.tokens_per_second = language, beam_size, tokens_per_second
+        self.language, self.beam_size = language, beam_size
         self.model = WhisperModel(str(whisper), device=device, compute_type="default",
                                   cpu_threads=0, num_workers=1)
         self.align_model = self.align_meta = None
@@ -70,8 +74,8 @@ class Transcriber:
     def __call__(self, wav: np.ndarray) -> Transcript:
         duration = len(wav) / SAMPLE_RATE
         # Always bound the decoder: a confused model would otherwise repeat itself up to the
-        # context limit. Real speech stays well under tokens_per_second.
-        limit = int(8 + self.tokens_per_second * duration)
+        # context limit.
+        limit = int(8 + TOKENS_PER_SECOND * duration)
         with _quiet():
             segments, _ = self.model.transcribe(
                 np.ascontiguousarray(wav, np.float32), language=self.language, beam_size=self.beam_size,

@@ -28,7 +28,7 @@ from persona.data import diarize, quality, vad
 from persona.data import voice_dataset as vd
 from persona.data.speakers import SpeakerEncoder, default_encoder, unit
 from persona.errors import PersonaError
-from persona.files import atomic_path, hash_file, hash_json, read_json, write_json
+from persona.files import atomic_path, hash_file, hash_json, read_json, remembered_hash, staged_dir, write_json
 from persona.media import probe, read_audio, write_audio
 from persona.progress import info, meter, warn
 
@@ -88,7 +88,6 @@ class VoiceIngestSettings(BaseModel):
 @dataclass
 class Source:
     path: Path
-    digest: str
     analysis: diarize.Analysis
     decision: diarize.Decision | None = None
     plan: list[cliplib.Clip] = field(default_factory=list)
@@ -129,21 +128,20 @@ def _load(path: Path, held: dict[Path, np.ndarray]) -> np.ndarray:
 def _to_analysis_rate(audio: np.ndarray) -> np.ndarray:
     from scipy.signal import resample_poly
 
-    return resample_poly(audio, 2, 3).astype(np.float32)  # 24 kHz -> 16 kHz
+    return resample_poly(audio, ANALYSIS_RATE, CLIP_RATE).astype(np.float32)
 
 
 def _analysis_path(cache: Path, digest: str, settings: VoiceIngestSettings, encoder: SpeakerEncoder) -> Path:
     return cache / "analysis" / f"{hash_json([digest, settings.analysis_key(), encoder.name])}.npz"
 
 
-def _analyse(path: Path, cache: Path, settings: VoiceIngestSettings, encoder: SpeakerEncoder,
-             held: dict[Path, np.ndarray], digest: str | None = None) -> tuple[str, diarize.Analysis]:
-    digest = digest or hash_file(path)
+def _analyse(path: Path, digest: str, cache: Path, settings: VoiceIngestSettings, encoder: SpeakerEncoder,
+             held: dict[Path, np.ndarray]) -> diarize.Analysis:
     store = _analysis_path(cache, digest, settings, encoder)
     if store.exists():
         try:
             with np.load(store) as z:
-                return digest, diarize.Analysis(float(z["duration"]), z["probs"], z["starts"], z["embeddings"],
+                return diarize.Analysis(float(z["duration"]), z["probs"], z["starts"], z["embeddings"],
                                                 z["labels"], float(z["window"]))
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache entry is recomputed
@@ -152,7 +150,7 @@ def _analyse(path: Path, cache: Path, settings: VoiceIngestSettings, encoder: Sp
     with atomic_path(store, suffix=".npz") as tmp:
         np.savez(tmp, duration=an.duration, probs=an.probs, starts=an.starts, embeddings=an.embeddings,
                  labels=an.labels, window=an.window)
-    return digest, an
+    return an
 
 
 # ------------------------------------------------------------------------------------------------
@@ -295,16 +293,16 @@ def _transcribe(ws: Any, cands: list[Candidate], cache: Path, settings: VoiceIng
     whisper, align, fix = _asr_models(ws)
     if whisper is None:
         return {"status": "no-model", "fix": f"{fix}; then run ingest again: only the transcripts are added"}
-    key_base = [_model_id(whisper), _model_id(align), settings.language, settings.beam_size, 10.0]
+    from persona.data.transcribe import TOKENS_PER_SECOND, Transcriber
+
+    key_base = [_model_id(whisper), _model_id(align), settings.language, settings.beam_size, TOKENS_PER_SECOND]
     keys = {id(c): hash_json([hash_file(c.wav), *key_base]) for c in todo}
     store = cache / "transcripts"
     missing = [c for c in todo if not (store / f"{keys[id(c)]}.json").exists()]
     if missing:
         import soundfile as sf
 
-        from persona.data.transcribe import Transcriber
-
-        model = Transcriber(whisper, align, ws.path(CACHE) / "nltk_data", settings.language, settings.beam_size)
+        model = Transcriber(whisper, align, cache / "nltk_data", settings.language, settings.beam_size)
         try:
             with meter("voice: transcribing", total=len(missing)) as bar:
                 for c in missing:
@@ -360,8 +358,6 @@ def ingest_voice(ws: Any, sources: list[Path], settings: VoiceIngestSettings | N
     if not sources:
         raise PersonaError("no input files for the voice dataset", fix="give video or audio files (mp4, mov, wav, mp3, ...)")
     out, cache = ws.path(DATASET), ws.path(CACHE)
-    stage = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(stage, ignore_errors=True)
     problems, encoder, held = Problems(), default_encoder(), {}
 
     analysed = _analyse_all(sources, cache, settings, encoder, held, problems)
@@ -375,7 +371,7 @@ def ingest_voice(ws: Any, sources: list[Path], settings: VoiceIngestSettings | N
         if not src.plan:
             held.pop(src.path, None)
 
-    try:
+    with staged_dir(out) as stage:
         cands = _cut_clips(analysed, stage, settings, held, problems)
         transcription = _transcribe(ws, cands, cache, settings)
         kept = [c for c in cands if not c.reasons]
@@ -387,9 +383,6 @@ def ingest_voice(ws: Any, sources: list[Path], settings: VoiceIngestSettings | N
         report = vd.build_report(analysed, cands, kept, manifest, target, transcription, reference, strict, problems, settings)
         write_json(stage / "report.json", report)
         shutil.rmtree(stage / "candidates", ignore_errors=True)
-        vd.replace_folder(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     ws.update("datasets", {"voice": DATASET})
     vd.tell(report, transcription, out)
     return vd.summary(report, out, ws)
@@ -409,10 +402,11 @@ def _analyse_all(sources: list[Path], cache: Path, settings: VoiceIngestSettings
             continue
         durations[path] = media.duration
     analysed = []
+    memo = read_json(cache / "hashes.json", {})
     with meter("voice: speech and speakers", total=round(sum(durations.values()), 1)) as bar:
         for path, seconds in durations.items():
             try:
-                digest, an = _analyse(path, cache, settings, encoder, held)
+                an = _analyse(path, remembered_hash(path, memo), cache, settings, encoder, held)
             except PersonaError as e:
                 problems.add(path, e.message, e.fix or "")
                 bar.advance(seconds)
@@ -422,7 +416,8 @@ def _analyse_all(sources: list[Path], cache: Path, settings: VoiceIngestSettings
                 problems.add(path, "no speech found", "it is left out of the voice dataset")
                 held.pop(path, None)
                 continue
-            analysed.append(Source(path, digest, an))
+            analysed.append(Source(path, an))
+    write_json(cache / "hashes.json", memo)
     return analysed
 
 

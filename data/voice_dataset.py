@@ -11,17 +11,17 @@ import io
 import os
 import re
 import shutil
-from importlib.resources import files
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from persona.files import write_json, write_text
+from persona.models import f5_pretrained_vocab
 from persona.progress import info, warn
 
 if TYPE_CHECKING:
     from persona.data.voice import Candidate, Problems, Source, VoiceIngestSettings
 
-F5_VOCAB = "infer/examples/vocab.txt"
 
 
 def _ends_in_silence(c: Candidate, tail: float = 0.1) -> bool:
@@ -44,7 +44,7 @@ def choose_reference(kept: list[Candidate], settings: VoiceIngestSettings) -> tu
 
 def missing_characters(texts: list[str]) -> list[str]:
     """Characters of `texts` that F5-TTS's pretrained vocab (shipped in the f5-tts wheel) lacks."""
-    vocab = set(Path(str(files("f5_tts").joinpath(F5_VOCAB))).read_text(encoding="utf-8").split("\n"))
+    vocab = set(f5_pretrained_vocab().read_text(encoding="utf-8").split("\n"))
     return sorted({ch for t in texts for ch in t} - vocab)
 
 
@@ -81,23 +81,14 @@ def write_dataset(out: Path, stage: Path, kept: list[Candidate], reference: Cand
     return manifest
 
 
-def replace_folder(stage: Path, out: Path) -> None:
-    """Replace the dataset folder with the finished staging folder."""
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(stage, out)
-    shutil.rmtree(old, ignore_errors=True)
+def _reason_counts(cands: list[Candidate]) -> dict[str, int]:
+    return dict(Counter(r["reason"] for c in cands for r in c.reasons))
 
 
 def nothing_kept(sources: list[Source], cands: list[Candidate]) -> str:
     if not cands:
         return f"no clip of the target speaking alone in {len(sources)} file(s) with speech"
-    reasons: dict[str, int] = {}
-    for c in cands:
-        for r in c.reasons:
-            reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    reasons = _reason_counts(cands)
     return f"all {len(cands)} clips of the target were rejected ({', '.join(f'{k}: {v}' for k, v in reasons.items())})"
 
 
@@ -106,10 +97,7 @@ def build_report(sources: list[Source], cands: list[Candidate], kept: list[Candi
             settings: VoiceIngestSettings) -> dict[str, Any]:
     texts = [c.text for c in kept if c.text]
     missing = missing_characters(texts)
-    by_reason: dict[str, int] = {}
-    for c in cands:
-        for r in c.reasons:
-            by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+    by_reason = _reason_counts(cands)
     ref = None
     if reference is not None:
         ref = {"file": "reference.wav", "clip": reference.wav.relative_to(reference.wav.parents[1]).as_posix(),

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from persona.files import write_text
-from persona.inference.plan import SceneDir
+from persona.inference.speech import SAMPLE_RATE
 from persona.media import iter_frames, probe, read_audio, write_video
 
 
@@ -114,16 +114,17 @@ def label(ws: Any, title: str) -> dict[str, str]:
     }
 
 
-def run(scenes: list[SceneDir], videos: list[Path], timings: list[dict[str, Any]], ws: Any, settings: Any,
-        rdir: Any, title: str) -> dict[str, Any]:
+def run(ws: Any, settings: Any, rdir: Any, title: str) -> dict[str, Any]:
+    """The finished scenes joined with the whole narration into final.mp4, and final.srt."""
     import soxr
 
     a = settings.assembly
-    narration = np.concatenate([read_audio(s.path("narration.wav"), 24000) for s in scenes])
-    audio = soxr.resample(narration, 24000, a.audio_rate).astype(np.float32)
+    narration = np.concatenate([read_audio(s.path("narration.wav"), SAMPLE_RATE) for s in rdir.scenes])
+    audio = soxr.resample(narration, SAMPLE_RATE, a.audio_rate).astype(np.float32)
     audio, loudness = normalise_loudness(audio, a.audio_rate, a.loudness_lufs, a.true_peak_db)
-    fps = probe(videos[0]).fps
-    cues = global_cues(timings)
+    videos = [s.path("finished.mp4") for s in rdir.scenes]
+    fps = settings.finish.fps  # every finished scene is re-timed to it
+    cues = global_cues([s.record("narration.wav") for s in rdir.scenes])
     out = rdir.root / "final.mp4"
     write_video(out, _frames(videos, cues, fps, a.burn_subtitles), fps, audio=audio, sr=a.audio_rate,
                 metadata=label(ws, title), crf=a.crf)

@@ -20,7 +20,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from persona.device import default_device
 from persona.errors import PersonaError
+from persona.files import hash_file, hash_json, mark_fresh
+from persona.inference.memory import Lazy
 from persona.media import ffmpeg_logs_off
 
 FILM_MULTIPLE = 64  # FILM's feature pyramid wants sides divisible by 64
@@ -61,7 +64,7 @@ class Film:
     def __init__(self, path: Path, device: str | None = None):
         import torch
 
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or default_device()
         # TorchScript is a restricted program format, not a pickle of arbitrary Python objects.
         self.model = torch.jit.load(str(path), map_location=self.device).eval()
 
@@ -166,7 +169,7 @@ class Upscaler:
         import torch
         from spandrel import ImageModelDescriptor, ModelLoader
 
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or default_device()
         loader = ModelLoader(device="cpu")
         if path.suffix == ".safetensors":
             descriptor = loader.load_from_file(str(path))
@@ -270,41 +273,27 @@ def finish_scene(source: Path, seconds: float, out: Path, method: str, film: Any
     return {"source_fps": src_fps, "factor": factor, "frames": count}
 
 
-def run(scenes: list[Any], ws: Any, settings: Any, rdir: Any, synced: list[str], loads: dict[str, int],
-        progress: Any) -> dict[str, Any]:
-    from persona.files import hash_file, hash_json, is_fresh, mark_fresh, read_json
-    from persona.inference.memory import Lazy
-    from persona.inference.plan import take
-
+def run(ws: Any, settings: Any, rdir: Any, synced: list[str], loads: dict[str, int], progress: Any) -> dict[str, Any]:
     f = settings.finish
     method, film_path = _pick(ws, "film", f.interpolation, "film", "minterpolate", "interpolating with FFmpeg's minterpolate")
     up, up_path = _pick(ws, "upscaler", f.upscale, "model", "lanczos", "resizing with Lanczos")
     size = output_size(settings.aspect, f.output_height)
     model_ids = [hash_file(p) if p else None for p in (film_path, up_path)]
-    rendered, reused, moved = [], [], []
+    sources = {s.label: s.path("synced.mp4" if s.label in synced else "video.mp4") for s in rdir.scenes}
+    seconds = {s.label: s.record("narration.wav")["seconds"] for s in rdir.scenes}
+    keys = {s.label: hash_json(["finish", s.record(sources[s.label].name).get("key"), seconds[s.label],
+                                method, up, model_ids, size, f.model_dump()]) for s in rdir.scenes}
+    make, result = rdir.scenes_to_make("finished.mp4", keys)
+    progress.advance(len(rdir.scenes) - len(make))
     film = Lazy(lambda: Film(film_path), "film", loads)
     sr = Lazy(lambda: Upscaler(up_path, f.tile, f.tile_overlap), "upscaler", loads)
-    keys = {}
-    for s in scenes:
-        source = s.path("synced.mp4" if s.label in synced else "video.mp4")
-        seconds = read_json(s.path("narration.wav.json"))["seconds"]
-        keys[s.label] = (source, seconds, hash_json(["finish", read_json(source.with_name(source.name + ".json"), {}).get("key"),
-                                                     seconds, method, up, model_ids, size, f.model_dump()]))
-    stale = [s for s in scenes if not is_fresh(s.path("finished.mp4"), keys[s.label][2])]
-    with rdir.reusable("finished.mp4", {keys[s.label][2] for s in stale}) as earlier, film, sr:
-        for s in scenes:
-            source, seconds, key = keys[s.label]
+    with film, sr:
+        for s in make:
             out = s.path("finished.mp4")
-            if s not in stale:
-                reused.append(s.label)
-            elif take(earlier, key, out):
-                moved.append(s.label)
-            else:
-                info = finish_scene(source, seconds, out, method, film.get() if film_path else None,
-                                    sr.get() if up_path else None, size, f)
-                mark_fresh(out, key, source=source.name, **info)
-                rendered.append(s.label)
+            info = finish_scene(sources[s.label], seconds[s.label], out, method, film.get() if film_path else None,
+                                sr.get() if up_path else None, size, f)
+            mark_fresh(out, keys[s.label], source=sources[s.label].name, **info)
             progress.advance(1)
-    return {"rendered": rendered, "moved": moved, "reused": reused, "interpolation": method, "upscale": up,
+    return {**result, "interpolation": method, "upscale": up,
             "film": str(film_path) if film_path else None, "upscaler": str(up_path) if up_path else None,
             "fps": f.fps, "size": list(size)}

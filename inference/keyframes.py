@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from persona.errors import PersonaError
-from persona.files import atomic_path, hash_file, hash_json, is_fresh, mark_fresh
+from persona.files import atomic_path, hash_file, hash_json, mark_fresh
 from persona.inference.memory import Lazy, load_pipeline
-from persona.inference.plan import SceneDir, scene_seed, take
+from persona.inference.plan import SceneDir, scene_seed
 from persona.models import locate
 
 ADAPTER = "persona"
@@ -33,56 +33,48 @@ def lora_strength(ws: Any, settings: Any) -> float:
     return s if s is not None else ws.pack.lora.strength
 
 
-def keyframe_key(scene: SceneDir, flux: Path, lora_id: str | None, strength: float, token: str, settings: Any) -> str:
+def keyframe_key(scene: SceneDir, flux: Path, lora_id: str, strength: float, token: str, settings: Any) -> str:
     k = settings.keyframes
     return hash_json(["keyframe", keyframe_prompt(scene.scene.image_prompt, scene.scene.on_camera, token),
                       scene.scene.on_camera, str(flux), lora_id, strength if scene.scene.on_camera else 0.0,
                       settings.seed, settings.keyframe_size(), k.steps, k.guidance, k.max_sequence_length])
 
 
-def run(scenes: list[SceneDir], ws: Any, settings: Any, rdir: Any, loads: dict[str, int], progress: Any) -> dict[str, Any]:
-    import torch
-    from diffusers import FluxPipeline
-
+def run(ws: Any, settings: Any, rdir: Any, loads: dict[str, int], progress: Any) -> dict[str, Any]:
     flux = locate("flux", models=ws.pack.models)
-    lora = ws.path(ws.pack.lora.path) if ws.pack.lora else None
-    if lora is not None and not lora.exists():
+    lora = ws.path(ws.pack.lora.path)  # the render's preflight made sure the pack has one
+    if not lora.exists():
         raise PersonaError("[lora] path points at a missing file", file=lora, fix="run `persona train-lora` again")
-    lora_id = hash_file(lora) if lora else None
-    strength = lora_strength(ws, settings) if lora else 0.0
-    keys = {s.label: keyframe_key(s, flux, lora_id, strength, ws.token, settings) for s in scenes}
-    seeds = {s.label: scene_seed(settings.seed, "keyframe", s.scene.image_prompt) for s in scenes}
-    todo = [s for s in scenes if not is_fresh(s.path("keyframe.png"), keys[s.label])]
-    if any(s.scene.on_camera for s in todo) and lora is None:
-        raise PersonaError("the keyframe stage needs the persona's LoRA for on-camera scenes, and the pack has no [lora]",
-                           file=ws.manifest_path, fix="run `persona train-lora` first")
-    reused = [s.label for s in scenes if s not in todo]
+    lora_id = hash_file(lora)
+    strength = lora_strength(ws, settings)
+    keys = {s.label: keyframe_key(s, flux, lora_id, strength, ws.token, settings) for s in rdir.scenes}
+    seeds = {s.label: scene_seed(settings.seed, "keyframe", s.scene.image_prompt) for s in rdir.scenes}
+    make, result = rdir.scenes_to_make("keyframe.png", keys)
+    progress.advance(len(rdir.scenes) - len(make))
     width, height = settings.keyframe_size()
     k = settings.keyframes
 
     def load() -> Any:
-        pipe, _ = load_pipeline(FluxPipeline, flux, k.memory)
-        if lora is not None:
-            pipe.load_lora_weights(str(lora), adapter_name=ADAPTER)
+        from diffusers import FluxPipeline  # seconds to import: only when a keyframe is drawn
+
+        pipe = load_pipeline(FluxPipeline, flux, k.memory)
+        pipe.load_lora_weights(str(lora), adapter_name=ADAPTER)
         return pipe
 
-    with rdir.reusable("keyframe.png", {keys[s.label] for s in todo}) as earlier, Lazy(load, "flux", loads) as flux_pipe:
-        moved = []
-        for s in todo:
+    with Lazy(load, "flux", loads) as flux_pipe:
+        for s in make:
+            import torch
+
             out = s.path("keyframe.png")
             prompt = keyframe_prompt(s.scene.image_prompt, s.scene.on_camera, ws.token)
-            if take(earlier, keys[s.label], out):
-                moved.append(s.label)
-            else:
-                pipe = flux_pipe.get()
-                if lora is not None:
-                    pipe.set_adapters([ADAPTER], adapter_weights=[strength if s.scene.on_camera else 0.0])
-                image = pipe(prompt, width=width, height=height, num_inference_steps=k.steps, guidance_scale=k.guidance,
-                             max_sequence_length=k.max_sequence_length,
-                             generator=torch.Generator("cpu").manual_seed(seeds[s.label])).images[0]
-                with atomic_path(out) as tmp:
-                    image.save(tmp, format="PNG")
-                mark_fresh(out, keys[s.label], seed=seeds[s.label], prompt=prompt)
+            pipe = flux_pipe.get()
+            # Off-camera scenes are b-roll: the likeness must not leak into them.
+            pipe.set_adapters([ADAPTER], adapter_weights=[strength if s.scene.on_camera else 0.0])
+            image = pipe(prompt, width=width, height=height, num_inference_steps=k.steps, guidance_scale=k.guidance,
+                         max_sequence_length=k.max_sequence_length,
+                         generator=torch.Generator("cpu").manual_seed(seeds[s.label])).images[0]
+            with atomic_path(out) as tmp:
+                image.save(tmp, format="PNG")
+            mark_fresh(out, keys[s.label], seed=seeds[s.label], prompt=prompt)
             progress.advance(1)
-    return {"rendered": [s.label for s in todo if s.label not in moved], "moved": moved, "reused": reused, "seeds": seeds,
-            "lora": str(lora) if lora else None, "lora_strength": strength}
+    return {**result, "seeds": seeds, "lora": str(lora), "lora_strength": strength}

@@ -80,7 +80,7 @@ class LatentSync:
         raise PersonaError("no UNet config found in the LatentSync checkout", file=self.checkout / "configs" / "unet",
                            fix="check out LatentSync 1.5 or 1.6")
 
-    def command(self, job: Path, seed: int) -> list[str]:
+    def command(self, seed: int) -> list[str]:
         s = self.settings
         cmd = [str(self.python), "-m", "scripts.inference",
                "--unet_config_path", self.unet_config, "--inference_ckpt_path", s.checkpoint,
@@ -101,7 +101,7 @@ class LatentSync:
             self.prepare(job, video, audio)
             env = {**os.environ, "PYTHONPATH": str(self.checkout)}
             try:
-                done = subprocess.run(self.command(job, seed), cwd=job, env=env, capture_output=True, text=True,
+                done = subprocess.run(self.command(seed), cwd=job, env=env, capture_output=True, text=True,
                                       timeout=self.settings.timeout_seconds)
             except subprocess.TimeoutExpired:
                 raise PersonaError(f"LatentSync took longer than {self.settings.timeout_seconds:.0f} s", file=video,
@@ -110,7 +110,7 @@ class LatentSync:
             if done.returncode != 0 or not result.exists():
                 tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
                 raise PersonaError(f"LatentSync failed (exit {done.returncode}): {' | '.join(tail)}", file=video,
-                                   fix=f"run `{' '.join(self.command(job, seed))}` in the checkout to see why")
+                                   fix=f"run `{' '.join(self.command(seed))}` in the checkout to see why")
             with atomic_path(out) as part:
                 shutil.copyfile(result, part)
 
@@ -129,10 +129,9 @@ def lipsyncer(ws: Any, settings: LipsyncSettings) -> LipSyncer | None:
 
 
 def lipsync_key(scene: Any, syncer: LatentSync, settings: Any) -> str:
-    from persona.files import hash_json, read_json
+    from persona.files import hash_json
 
-    video = read_json(scene.path("video.mp4.json"), {}).get("key")
-    narration = read_json(scene.path("narration.wav.json"), {}).get("key")
+    video, narration = scene.record("video.mp4").get("key"), scene.record("narration.wav").get("key")
     return hash_json(["lipsync", video, narration, str(syncer.checkout), syncer.unet_config,
                       settings.lipsync.model_dump(exclude={"python", "timeout_seconds"}), settings.seed])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from persona.device import free_memory
 from persona.progress import warn
 
 
@@ -14,11 +15,11 @@ def torch_dtype(name: str):
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 
 
-def load_pipeline(cls: Any, path: Path, memory: Any) -> tuple[Any, str]:
+def load_pipeline(cls: Any, path: Path, memory: Any) -> Any:
     """Load `cls` (a diffusers pipeline class) from `path` and place it per `memory`.
 
-    Returns the pipeline and the device its inputs go to. Without CUDA everything runs in float32
-    on the CPU and offloading is skipped (diffusers' offload hooks need an accelerator).
+    Without CUDA everything runs in float32 on the CPU and offloading is skipped (diffusers' offload
+    hooks need an accelerator).
     """
     import diffusers.utils.logging
     import torch
@@ -46,7 +47,7 @@ def load_pipeline(cls: Any, path: Path, memory: Any) -> tuple[Any, str]:
     if memory.vae_tiling and hasattr(pipe.vae, "enable_tiling"):
         pipe.vae.enable_tiling()
     if not cuda:
-        return pipe, "cpu"
+        return pipe
     if memory.offload == "model":
         pipe.enable_model_cpu_offload()
     elif memory.offload == "sequential":
@@ -56,18 +57,7 @@ def load_pipeline(cls: Any, path: Path, memory: Any) -> tuple[Any, str]:
                                   offload_type="block_level", num_blocks_per_group=1, use_stream=True)
     else:
         pipe.to("cuda")
-    return pipe, "cuda"
-
-
-def free() -> None:
-    """Return freed memory to the device after the caller dropped its last reference to a model."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    return pipe
 
 
 class Lazy:
@@ -89,7 +79,7 @@ class Lazy:
             if callable(closer):
                 closer()
             self._value = None
-            free()
+            free_memory()
 
     def __enter__(self) -> "Lazy":
         return self

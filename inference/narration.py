@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from persona.files import hash_file, hash_json, is_fresh, mark_fresh, read_json
+from persona.files import hash_file, hash_json, mark_fresh
 from persona.inference.memory import Lazy
-from persona.inference.plan import SceneDir, frames_for, scene_seed, take
+from persona.inference.plan import SceneDir, frames_for, scene_seed
 from persona.inference.speech import SAMPLE_RATE, Voice, VoiceFiles
 from persona.media import write_audio
 
@@ -51,35 +51,22 @@ def speak_scene(voice: Voice, scene: SceneDir, settings: Any) -> tuple[np.ndarra
 
 def timing(scene: SceneDir) -> dict[str, Any]:
     """seconds, frames, fps and subtitle cues of a narrated scene."""
-    return read_json(scene.path("narration.wav.json"))
+    return scene.record("narration.wav")
 
 
-def run(scenes: list[SceneDir], voice_files: VoiceFiles | None, settings: Any, rdir: Any, loads: dict[str, int],
-        progress: Any) -> dict[str, Any]:
-    """Narrate every scene whose narration is stale; returns {rendered, reused, seconds}."""
-    from persona.errors import PersonaError
-
-    voice_id = voice_identity(voice_files) if voice_files else None
-    todo = [s for s in scenes if not is_fresh(s.path("narration.wav"), narration_key(s, voice_id, settings))]
-    reused = [s.label for s in scenes if s not in todo]
-    if todo and voice_files is None:
-        raise PersonaError("the narration stage needs the persona's voice, and the pack has no [voice]",
-                           fix="run `persona train-voice` first")
-    with rdir.reusable("narration.wav", {narration_key(s, voice_id, settings) for s in todo}) as earlier, \
-            Lazy(lambda: Voice(voice_files), "f5-tts", loads) as voice:
-        moved = []
-        for s in todo:
-            key = narration_key(s, voice_id, settings)
-            if take(earlier, key, s.path("narration.wav")):
-                moved.append(s.label)
-            else:
-                audio, cues = speak_scene(voice.get(), s, settings)
-                seconds = len(audio) / SAMPLE_RATE
-                write_audio(s.path("narration.wav"), audio, SAMPLE_RATE)
-                # The record holds the timing later stages need: frames for the video, cues for subtitles.
-                mark_fresh(s.path("narration.wav"), key, seconds=seconds, fps=settings.video.fps, cues=cues,
-                           frames=frames_for(seconds, settings.video.fps))
+def run(voice_files: VoiceFiles, settings: Any, rdir: Any, loads: dict[str, int], progress: Any) -> dict[str, Any]:
+    """Narrate every scene whose narration is stale; returns {rendered, moved, reused, seconds}."""
+    voice_id = voice_identity(voice_files)
+    keys = {s.label: narration_key(s, voice_id, settings) for s in rdir.scenes}
+    make, result = rdir.scenes_to_make("narration.wav", keys)
+    progress.advance(len(rdir.scenes) - len(make))
+    with Lazy(lambda: Voice(voice_files), "f5-tts", loads) as voice:
+        for s in make:
+            audio, cues = speak_scene(voice.get(), s, settings)
+            seconds = len(audio) / SAMPLE_RATE
+            write_audio(s.path("narration.wav"), audio, SAMPLE_RATE)
+            # The record holds the timing later stages need: frames for the video, cues for subtitles.
+            mark_fresh(s.path("narration.wav"), keys[s.label], seconds=seconds, fps=settings.video.fps, cues=cues,
+                       frames=frames_for(seconds, settings.video.fps))
             progress.advance(1)
-    durations = [timing(s)["seconds"] for s in scenes]
-    return {"rendered": [s.label for s in todo if s.label not in moved], "moved": moved, "reused": reused,
-            "seconds": durations}
+    return {**result, "seconds": [timing(s)["seconds"] for s in rdir.scenes]}

@@ -9,16 +9,15 @@ inserting one scene leaves the others' seeds (and outputs) alone.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from persona.files import atomic_path, hash_json, mark_fresh, read_json
+from persona.device import gpu_memory, largest_fitting
+from persona.files import atomic_path, hash_json, is_fresh, mark_fresh, read_json, record_path
 from persona.inference.finish import FinishSettings
 from persona.inference.lipsync import LipsyncSettings
 from persona.inference.script import Scene, ScriptSettings
@@ -122,14 +121,11 @@ class RenderSettings(BaseModel):
 
 
 def detect_profile() -> str:
-    """The largest shipped VRAM profile that fits the GPU, or 'cpu'."""
-    import torch
-
-    if not torch.cuda.is_available():
+    """The largest shipped VRAM profile that fits the GPU (else the smallest), or 'cpu'."""
+    have, _ = gpu_memory()
+    if have is None:
         return "cpu"
-    gb = torch.cuda.get_device_properties(0).total_memory / 2**30
-    fitting = [p for p in PROFILES_GB if p <= gb + 0.5]
-    return f"{fitting[-1] if fitting else PROFILES_GB[0]}gb"
+    return f"{largest_fitting(list(PROFILES_GB), have) or PROFILES_GB[0]}gb"
 
 
 def scene_seed(base: int, *content: Any) -> int:
@@ -169,6 +165,10 @@ class SceneDir:
     def path(self, name: str) -> Path:
         return self.folder / name
 
+    def record(self, name: str) -> dict[str, Any]:
+        """What the stage that made `name` recorded beside it (its inputs hash under "key"); {} if nothing."""
+        return read_json(record_path(self.path(name)), {})
+
     @property
     def label(self) -> str:
         return f"{self.index + 1:02d}"
@@ -187,12 +187,15 @@ class RenderDir:
     def record(self) -> Path:
         return self.root / "render.json"
 
-    @contextlib.contextmanager
-    def reusable(self, filename: str, wanted: set[str]) -> Iterator[dict[str, tuple[Path, dict[str, Any]]]]:
-        """Artifacts named `filename` in any scene folder whose inputs hash is in `wanted` (scenes that
-        moved when another was inserted or deleted), set aside before the stage overwrites anything."""
+    def scenes_to_make(self, filename: str, keys: dict[str, str]) -> tuple[list[SceneDir], dict[str, list[str]]]:
+        """The scenes whose `filename` must be made now, and which scenes were "reused" (fresh),
+        "moved" (made earlier under another scene number, before a scene was inserted or deleted, and
+        copied into place) and are to be "rendered". `keys` holds each scene's inputs hash."""
+        stale = [s for s in self.scenes if not is_fresh(s.path(filename), keys[s.label])]
+        # Set aside copies first: putting one in place may overwrite another that is wanted elsewhere.
         stash = self.root / ".reuse" / filename
         found: dict[str, tuple[Path, dict[str, Any]]] = {}
+        wanted = {keys[s.label] for s in stale}
         for rec in sorted(self.root.glob(f"scenes/*/{filename}.json")):
             record = read_json(rec) or {}
             key, src = record.get("key"), rec.with_name(filename)
@@ -202,18 +205,19 @@ class RenderDir:
                 shutil.copyfile(src, kept)
                 info = {k: v for k, v in record.items() if k not in ("key", "copied_from")}
                 found[key] = (kept, {**info, "copied_from": str(src)})
+        make, moved = [], []
         try:
-            yield found
+            for s in stale:
+                key = keys[s.label]
+                if key not in found:
+                    make.append(s)
+                    continue
+                kept, info = found[key]
+                with atomic_path(s.path(filename)) as tmp:
+                    shutil.copyfile(kept, tmp)
+                mark_fresh(s.path(filename), key, **info)
+                moved.append(s.label)
         finally:
             shutil.rmtree(stash, ignore_errors=True)
-
-
-def take(found: dict[str, tuple[Path, dict[str, Any]]], key: str, out: Path) -> bool:
-    """Put a set-aside artifact with inputs hash `key` at `out`; False when there is none."""
-    if key not in found:
-        return False
-    src, info = found[key]
-    with atomic_path(out) as tmp:
-        shutil.copyfile(src, tmp)
-    mark_fresh(out, key, **info)
-    return True
+        return make, {"reused": [s.label for s in self.scenes if s not in stale], "moved": moved,
+                      "rendered": [s.label for s in make]}

@@ -17,7 +17,7 @@ from typing import Any
 
 from persona.config import prompt_text, resolve_settings
 from persona.errors import PersonaError
-from persona.files import hash_json, is_fresh, mark_fresh, read_json, write_json, write_text
+from persona.files import hash_json, is_fresh, mark_fresh, write_json, write_text
 from persona.inference import assemble, finish, keyframes, lipsync, narration, video
 from persona.inference.plan import STAGES, RenderDir, RenderSettings, SceneDir, detect_profile
 from persona.inference.script import Script, load_script, make_backend, messages_for, read_topic, write_script
@@ -28,17 +28,7 @@ from persona.progress import info, meter
 def load_settings(profile: str | None, overrides: dict[str, Any] | None = None) -> RenderSettings:
     """A VRAM profile recipe (recipes/render/<profile>.toml, or a TOML path; 'auto' detects) plus flags."""
     name = detect_profile() if profile in (None, "auto") else profile
-    settings = resolve_settings(RenderSettings, "render", name, None)
-    return RenderSettings.model_validate(_deep_merge(settings.model_dump(), overrides or {}))
-
-
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        if v is None:
-            continue
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    return resolve_settings(RenderSettings, "render", name, overrides)
 
 
 def obtain_script(ws: Any, rdir: RenderDir, topic: Path | None, script_file: Path | None,
@@ -76,7 +66,7 @@ def obtain_script(ws: Any, rdir: RenderDir, topic: Path | None, script_file: Pat
     return script, {"source": "llm", "backend": s.backend, "model": s.model, "attempts": attempts}
 
 
-def preflight(ws: Any) -> VoiceFiles | None:
+def preflight(ws: Any) -> VoiceFiles:
     """Fail before any heavy work when the pack lacks what a stage needs."""
     missing = []
     if ws.pack.voice is None:
@@ -134,12 +124,12 @@ def render(ws: Any, topic: Path | None = None, *, script_file: Path | None = Non
         s.folder.mkdir(parents=True, exist_ok=True)
     n = len(rdir.scenes)
     plan = [
-        ("narration", lambda m: narration.run(rdir.scenes, voice_files, settings, rdir, loads, m)),
-        ("keyframes", lambda m: keyframes.run(rdir.scenes, ws, settings, rdir, loads, m)),
-        ("video", lambda m: video.run(rdir.scenes, ws, settings, rdir, loads, m)),
+        ("narration", lambda m: narration.run(voice_files, settings, rdir, loads, m)),
+        ("keyframes", lambda m: keyframes.run(ws, settings, rdir, loads, m)),
+        ("video", lambda m: video.run(ws, settings, rdir, loads, m)),
         ("lipsync", lambda m: lipsync.run(rdir.scenes, ws, settings, loads, m)),
-        ("finish", lambda m: finish.run(rdir.scenes, ws, settings, rdir, record["stages"]["lipsync"]["synced"], loads, m)),
-        ("assemble", lambda m: _assemble(rdir, ws, settings, script.title)),
+        ("finish", lambda m: finish.run(ws, settings, rdir, record["stages"]["lipsync"]["synced"], loads, m)),
+        ("assemble", lambda m: assemble.run(ws, settings, rdir, script.title)),
     ]
     for label, fn in plan:
         if until is not None and STAGES.index(label) > STAGES.index(until):
@@ -168,17 +158,10 @@ def _check_durations(seconds: list[float], settings: RenderSettings) -> None:
                            fix="cut scenes from script.json, or raise narration.max_total_seconds in a recipe")
 
 
-def _assemble(rdir: RenderDir, ws: Any, settings: RenderSettings, title: str) -> dict[str, Any]:
-    timings = [narration.timing(s) for s in rdir.scenes]
-    videos = [s.path("finished.mp4") for s in rdir.scenes]
-    return assemble.run(rdir.scenes, videos, timings, ws, settings, rdir, title)
-
-
 def _scene_summary(rdir: RenderDir) -> list[dict[str, Any]]:
     out = []
     for s in rdir.scenes:
-        t = read_json(s.path("narration.wav.json"), {})
+        t, keyframe = s.record("narration.wav"), s.record("keyframe.png")
         out.append({"scene": s.label, "on_camera": s.scene.on_camera, "seconds": t.get("seconds"),
-                    "keyframe_seed": read_json(s.path("keyframe.png.json"), {}).get("seed"),
-                    "keyframe_prompt": read_json(s.path("keyframe.png.json"), {}).get("prompt")})
+                    "keyframe_seed": keyframe.get("seed"), "keyframe_prompt": keyframe.get("prompt")})
     return out

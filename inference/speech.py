@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from persona.device import default_device, free_memory
 from persona.errors import PersonaError
 from persona.models import f5_arch, locate
 
@@ -38,12 +39,6 @@ def quiet_stdout():
     """f5-tts prints progress to stdout; keep stdout clean for --json summaries."""
     with contextlib.redirect_stdout(io.StringIO()):
         yield
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass
@@ -113,14 +108,8 @@ class Voice:
         return np.asarray(wav, dtype=np.float32)
 
     def close(self) -> None:
-        import gc
-
-        import torch
-
         del self.model, self.vocoder
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_memory()
 
 
 def speak(ws: Any, text: str, out: Path, seed: int = 0, steps: int = 32, speed: float = 1.0) -> dict[str, Any]:

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from persona.errors import PersonaError
-from persona.files import hash_json, is_fresh, mark_fresh, read_json
+from persona.files import hash_json, is_fresh, mark_fresh
 from persona.inference.memory import Lazy, load_pipeline
-from persona.inference.plan import SceneDir, chunk_lengths, scene_seed, take
+from persona.inference.plan import SceneDir, chunk_lengths, scene_seed
 from persona.media import read_frames, write_video
 from persona.models import find, locate
 from persona.progress import warn
@@ -49,7 +49,7 @@ def video_prompt(scene: Any) -> str:
 
 
 def video_key(s: SceneDir, frames: int, anchor: str, model: Path, settings: Any) -> str:
-    keyframe = read_json(s.path("keyframe.png.json"), {}).get("key")
+    keyframe = s.record("keyframe.png").get("key")
     v = settings.video
     return hash_json(["video", keyframe, video_prompt(s.scene), frames, anchor, str(model), settings.seed,
                       settings.video_size(), v.steps, v.guidance, v.chunk_frames, v.negative_prompt,
@@ -86,25 +86,23 @@ def _chunk(wan: Lazy, s: SceneDir, j: int, length: int, image: Any, scene_key: s
     return clip if (j == 0 or anchor != "first-last") else clip[1:]
 
 
-def run(scenes: list[SceneDir], ws: Any, settings: Any, rdir: Any, loads: dict[str, int], progress: Any) -> dict[str, Any]:
-    from diffusers import WanImageToVideoPipeline
-
+def run(ws: Any, settings: Any, rdir: Any, loads: dict[str, int], progress: Any) -> dict[str, Any]:
     v = settings.video
     anchor, model, model_key = resolve_model(ws, v.anchor)
-    frames = {s.label: read_json(s.path("narration.wav.json"))["frames"] for s in scenes}
-    keys = {s.label: video_key(s, frames[s.label], anchor, model, settings) for s in scenes}
-    todo = [s for s in scenes if not is_fresh(s.path("video.mp4"), keys[s.label])]
+    frames = {s.label: s.record("narration.wav")["frames"] for s in rdir.scenes}
+    keys = {s.label: video_key(s, frames[s.label], anchor, model, settings) for s in rdir.scenes}
+    make, result = rdir.scenes_to_make("video.mp4", keys)
     width, height = settings.video_size()
-    plans = {s.label: chunk_lengths(frames[s.label], v.chunk_frames, anchor) for s in todo}
-    progress.update(0, total=sum(len(p) for p in plans.values()) or 1)
-    load = lambda: load_pipeline(WanImageToVideoPipeline, model, v.memory)[0]  # noqa: E731
-    with rdir.reusable("video.mp4", {keys[s.label] for s in todo}) as earlier, Lazy(load, model_key, loads) as wan:
-        moved = []
-        for s in todo:
-            if take(earlier, keys[s.label], s.path("video.mp4")):
-                moved.append(s.label)
-                progress.advance(len(plans[s.label]))
-                continue
+    plans = {s.label: chunk_lengths(frames[s.label], v.chunk_frames, anchor) for s in make}
+    progress.update(0, total=sum(len(p) for p in plans.values()) or 1)  # counted in Wan calls
+
+    def load() -> Any:
+        from diffusers import WanImageToVideoPipeline  # seconds to import: only when a scene is animated
+
+        return load_pipeline(WanImageToVideoPipeline, model, v.memory)
+
+    with Lazy(load, model_key, loads) as wan:
+        for s in make:
             image = fit_keyframe(s.path("keyframe.png"), (width, height))
             clips = []
             for j, length in enumerate(plans[s.label]):
@@ -119,6 +117,4 @@ def run(scenes: list[SceneDir], ws: Any, settings: Any, rdir: Any, loads: dict[s
             for j in range(len(plans[s.label])):
                 s.path(f"video.chunk{j}.mp4").unlink(missing_ok=True)
                 s.path(f"video.chunk{j}.mp4.json").unlink(missing_ok=True)
-    return {"rendered": [s.label for s in todo if s.label not in moved], "moved": moved,
-            "reused": [s.label for s in scenes if s not in todo],
-            "anchor": anchor, "model": str(model), "chunks": plans}
+    return {**result, "anchor": anchor, "model": str(model), "chunks": plans}

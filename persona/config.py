@@ -50,12 +50,13 @@ def load_recipe(kind: str, name: str) -> tuple[dict[str, Any], Path]:
 
 
 def resolve_settings(cls: type[S], kind: str, recipe: str | None = None, overrides: dict[str, Any] | None = None) -> S:
-    """Defaults of `cls` <- recipe values <- overrides (None values are ignored)."""
+    """Defaults of `cls` <- recipe values <- overrides (None values are ignored; tables such as
+    render's [video] are merged key by key)."""
     values: dict[str, Any] = {}
     source: Path | None = None
     if recipe:
         values, source = load_recipe(kind, recipe)
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    values = _merge(values, overrides or {})
     try:
         return cls.model_validate(values)
     except ValidationError as e:
@@ -64,6 +65,16 @@ def resolve_settings(cls: type[S], kind: str, recipe: str | None = None, overrid
         fields = ", ".join(cls.model_fields)
         fix = f"valid settings are: {fields}" if first["type"] == "extra_forbidden" else "correct the value"
         raise PersonaError(f"setting {field}: {first['msg']}", file=source, fix=fix) from None
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict):
+            out[k] = _merge(out[k] if isinstance(out.get(k), dict) else {}, v)
+        elif v is not None:
+            out[k] = v
+    return out
 
 
 def prompt_text(name: str, workspace_root: Path | None = None) -> tuple[str, Path]:

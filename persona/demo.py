@@ -21,7 +21,7 @@ import numpy as np
 from rich.markup import escape
 
 from persona.progress import console, quiet_libraries
-from persona.samples import SPEECH_TEXT, other_person, portrait, speech_wav  # noqa: F401 (re-exported)
+from persona.samples import SPEECH_TEXT, other_person, portrait, speech_wav
 
 DEMO_NAME = "Demo Astronaut"
 FPS = 25

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,16 +28,41 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     try:
         yield tmp_path
         if tmp_path.exists():
-            os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes owner-only files; finished files are ordinary
+            os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; finished files are ordinary
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
-def _umask() -> int:
+@contextlib.contextmanager
+def staged_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty folder beside `path`; it replaces `path` whole only if the block succeeds.
+
+    A killed or failed build leaves the previous folder (or none) in place, never a mix of both.
+    """
+    path = Path(path)
+    stage, old = path.with_name(f".{path.name}.partial"), path.with_name(f".{path.name}.old")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(stage, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; done once, at import, before any worker threads exist
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -72,6 +98,23 @@ def hash_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def remembered_hash(path: Path, memo: dict[str, list]) -> str:
+    """hash_file, remembered in `memo` by path, size and modification time: hashing hours of footage
+    takes a while, and a re-run should not pay it again for unchanged files."""
+    st = path.stat()
+    stamp = [st.st_size, st.st_mtime_ns]
+    entry = memo.get(str(path))
+    if not entry or entry[:2] != stamp:
+        memo[str(path)] = entry = stamp + [hash_file(path)]
+    return entry[2]
+
+
+def stat_key(paths: list[Path], root: Path) -> str:
+    """Identifies files by their names (relative to `root`), sizes and modification times: hashing
+    gigabytes of weights on every run would cost more than the caches it keys save."""
+    return hash_json([(p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in paths])
 
 
 def hash_json(obj: Any) -> str:

@@ -128,13 +128,22 @@ def write_audio(path: str | Path, samples: np.ndarray, sr: int) -> Path:
     return path
 
 
+def open_video(path: str | Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+    """The container (close it) and its first video stream; a clear error for anything else."""
+    path = Path(path)
+    c = _open(path)
+    if not c.streams.video:
+        what = "an audio file" if c.streams.audio else "a file without video"
+        c.close()
+        raise PersonaError(f"has no video track ({what})", file=path,
+                           fix="pass it as audio for the voice dataset, or use a video file")
+    return c, c.streams.video[0]
+
+
 def iter_frames(path: str | Path, fps: float | None = None) -> Iterator[tuple[float, np.ndarray]]:
     """(time, RGB uint8 frame) for every frame, or roughly `fps` frames per second when given."""
-    path = Path(path)
-    with _open(path) as c:
-        if not c.streams.video:
-            raise PersonaError("has no video track", file=path, fix="use a video file")
-        stream = c.streams.video[0]
+    c, stream = open_video(path)
+    with c:
         stream.thread_type = "AUTO"
         next_t = 0.0
         for frame in c.decode(stream):

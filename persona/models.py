@@ -206,6 +206,13 @@ def f5_base_arch() -> dict:
     return OmegaConf.to_container(cfg.model.arch, resolve=True)
 
 
+def f5_pretrained_vocab() -> Path:
+    """The vocab the f5-tts wheel ships for inference: the pretrained one (2545 tokens)."""
+    from importlib.resources import files
+
+    return Path(str(files("f5_tts").joinpath("infer/examples/vocab.txt")))
+
+
 def f5_arch(checkpoint: Path) -> dict:
     """The DiT settings of an F5-TTS checkpoint: `model_config.json` beside it when there is one
     (smaller variants, the tiny test models), else F5TTS_v1_Base's."""
@@ -268,10 +275,16 @@ def find(key: str, explicit: str | Path | None = None, models: dict[str, str] | 
 
 def locate(key: str, explicit: str | Path | None = None, models: dict[str, str] | None = None) -> Path:
     """The path of `key`, or a PersonaError that says how to get it."""
+    return locate_entry(key, explicit, models).path
+
+
+def locate_entry(key: str, explicit: str | Path | None = None, models: dict[str, str] | None = None) -> Located:
+    """Where `key` is and where that came from (its Hub repo, when from the cache), or a PersonaError
+    that says how to get it."""
     m = spec(key)
     found = find(key, explicit, models)
     if found is not None and not found.problems:
-        return found.path
+        return found
     if found is not None:
         raise PersonaError(
             f"{m.title}: {'; '.join(found.problems)} (from {found.source})",

@@ -200,17 +200,16 @@ def build_f5_tts(out: Path, seed: int = 0) -> Path:
     The real checkpoint's architecture is F5TTS_v1_Base; this one is smaller, so its architecture
     is written beside it as `model_config.json`, which persona's loader reads when present.
     """
-    from importlib.resources import files
-
     from f5_tts.model import CFM, DiT
     from f5_tts.model.utils import get_tokenizer
     from safetensors.torch import save_file
 
+    from persona.models import f5_pretrained_vocab
+
     torch.manual_seed(seed)
     folder = out / "F5TTS_v1_Base"
     folder.mkdir(parents=True)
-    vocab_src = Path(str(files("f5_tts").joinpath("infer/examples/vocab.txt")))
-    shutil.copy(vocab_src, folder / "vocab.txt")
+    shutil.copy(f5_pretrained_vocab(), folder / "vocab.txt")
     vocab_char_map, vocab_size = get_tokenizer(str(folder / "vocab.txt"), "custom")
     model = CFM(
         transformer=DiT(**F5_TINY_ARCH, text_num_embeds=vocab_size, mel_dim=100),

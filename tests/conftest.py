@@ -60,7 +60,7 @@ def shared_media() -> Path:
 
 
 @pytest.fixture
-def voice_pack(make_workspace, tiny_models):
+def pack(make_workspace, tiny_models):
     """A workspace whose [voice] is the tiny F5-TTS checkpoint with the f5-tts example reference clip
     and whose [lora] is a random tiny LoRA (the layouts `persona train-voice` / `train-lora` export)."""
     from persona import tiny
@@ -68,8 +68,3 @@ def voice_pack(make_workspace, tiny_models):
     ws = make_workspace()
     tiny.fill_pack(ws, tiny_models)
     return ws
-
-
-@pytest.fixture
-def render_pack(voice_pack):
-    return voice_pack

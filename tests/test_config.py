@@ -72,3 +72,20 @@ def test_prompt_override(tmp_path):
     with pytest.raises(PersonaError):
         prompt_text("nothing-here", tmp_path)
     assert isinstance(list_recipes("lora"), list)
+
+
+@pytest.mark.parametrize("have, voice, render", [
+    (None, None, "cpu"), (8.0, "f5-12gb", "12gb"), (11.7, "f5-12gb", "12gb"), (15.6, "f5-12gb", "16gb"),
+    (23.6, "f5-24gb", "24gb"), (47.5, "f5-24gb", "48gb"), (79.2, "f5-80gb", "80gb"), (139.8, "f5-80gb", "80gb"),
+])
+def test_recipes_picked_by_gpu_memory_exist(monkeypatch, have, voice, render):
+    """The verbs pick a shipped recipe by the GPU's memory (a card reports a little less than it is
+    sold as); every name they can pick is a shipped recipe."""
+    from persona.inference import plan
+    from persona.train import voice as train_voice
+
+    for module in (plan, train_voice):
+        monkeypatch.setattr(module, "gpu_memory", lambda: (have, "test GPU" if have else None))
+    assert train_voice.auto_recipe() == voice and plan.detect_profile() == render
+    assert voice is None or voice in list_recipes("voice")
+    assert render in list_recipes("render")

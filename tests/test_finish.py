@@ -162,7 +162,7 @@ def checkout(tmp_path, monkeypatch):
 
 def test_latentsync_command_line(checkout):
     ls = LatentSync(checkout, LipsyncSettings(steps=12, guidance=1.5))
-    cmd = ls.command(Path("/job"), seed=7)
+    cmd = ls.command(seed=7)
     assert cmd[:3] == [sys.executable, "-m", "scripts.inference"]
     args = dict(zip(cmd[3::2], cmd[4::2]))
     assert args["--unet_config_path"] == "configs/unet/stage2_512.yaml"  # 1.6 found
@@ -204,15 +204,15 @@ SCRIPT = {"title": "t", "scenes": [
     {"narration": "A grid of numbers.", "image_prompt": "a pixel grid", "motion_prompt": "pan", "on_camera": False}]}
 
 
-def test_render_with_lipsync_interpolation_and_upscaling(render_pack, checkout, tmp_path):
+def test_render_with_lipsync_interpolation_and_upscaling(pack, checkout, tmp_path):
     """Lip sync before interpolation and upscaling; sound and picture stay within a frame of each other."""
     from persona.files import read_json
     from persona.inference.render import render
 
-    render_pack.update("models", {"latentsync": str(checkout)})
+    pack.update("models", {"latentsync": str(checkout)})
     script = tmp_path / "s.json"
     script.write_text(json.dumps(SCRIPT))
-    s = render(render_pack, None, script_file=script, profile="demo", overrides={"finish": {"output_height": 144}})
+    s = render(pack, None, script_file=script, profile="demo", overrides={"finish": {"output_height": 144}})
     rdir = Path(s["render"])
     record = read_json(rdir / "render.json")
     assert record["stages"]["lipsync"]["synced"] == ["01"] and record["stages"]["lipsync"]["rendered"] == ["01"]

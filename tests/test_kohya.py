@@ -17,8 +17,7 @@ from persona.config import resolve_settings
 from persona.errors import PersonaError
 from persona.train import kohya
 from persona.train import lora_data as data
-from persona.train.lora import LoraSettings
-from persona.train.lora_native import sample_rows
+from persona.train.lora import LoraSettings, sample_rows
 from test_train_lora import write_dataset
 
 

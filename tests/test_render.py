@@ -28,9 +28,9 @@ def _render(ws, **kw):
 
 
 @pytest.fixture
-def rendered(render_pack):
-    summary = _render(render_pack, name="talk")
-    return render_pack, summary
+def rendered(pack):
+    summary = _render(pack, name="talk")
+    return pack, summary
 
 
 def test_three_scenes_end_to_end(rendered):
@@ -81,19 +81,19 @@ def test_editing_one_scene_redoes_only_that_scene(rendered):
     assert read_json(rdir / "scenes/04/keyframe.png.json")["copied_from"].endswith("03/keyframe.png")
 
 
-def test_killed_render_resumes_without_redoing_narration(render_pack):
+def test_killed_render_resumes_without_redoing_narration(pack):
     import tomlkit
 
     from persona.config import recipe_file
 
     recipe = tomlkit.parse(recipe_file("render", "demo").read_text())
     recipe["finish"].update(FAST["finish"])
-    fast = render_pack.root / "fast.toml"
+    fast = pack.root / "fast.toml"
     fast.write_text(tomlkit.dumps(recipe))
-    cmd = [sys.executable, "-m", "persona", "-w", str(render_pack.root), "render", "--script", str(SCRIPT),
+    cmd = [sys.executable, "-m", "persona", "-w", str(pack.root), "render", "--script", str(SCRIPT),
            "--profile", str(fast), "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    scenes = render_pack.root / "renders" / "three_scenes" / "scenes"
+    scenes = pack.root / "renders" / "three_scenes" / "scenes"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if all((scenes / f"{i:02d}" / "narration.wav.json").exists() for i in (1, 2, 3)):
@@ -110,38 +110,38 @@ def test_killed_render_resumes_without_redoing_narration(render_pack):
     assert (scenes.parent / "final.mp4").exists()
 
 
-def test_pack_without_lora_or_voice(make_workspace, render_pack):
+def test_pack_without_lora_or_voice(make_workspace, pack):
     with pytest.raises(PersonaError, match="train-voice") as e:
         _render(make_workspace(name="Other Person"))
     assert "train-lora" in str(e.value)
-    render_pack.update("lora", None)
+    pack.update("lora", None)
     with pytest.raises(PersonaError, match="keyframe stage needs the likeness LoRA"):
-        _render(render_pack)
+        _render(pack)
 
 
-def test_consent_is_required(render_pack):
-    render_pack.update("consent", None)
+def test_consent_is_required(pack):
+    pack.update("consent", None)
     with pytest.raises(PersonaError, match="consent"):
-        _render(render_pack)
+        _render(pack)
 
 
-def test_missing_weights_point_to_doctor(render_pack, tmp_path):
-    render_pack.update("models", {"flux": str(tmp_path / "nowhere")})
+def test_missing_weights_point_to_doctor(pack, tmp_path):
+    pack.update("models", {"flux": str(tmp_path / "nowhere")})
     with pytest.raises(PersonaError, match="does not exist"):
-        _render(render_pack)
-    assert (render_pack.root / "renders/three_scenes/scenes/01/narration.wav").exists()  # finished stage kept
+        _render(pack)
+    assert (pack.root / "renders/three_scenes/scenes/01/narration.wav").exists()  # finished stage kept
 
 
-def test_bad_scripts(render_pack, tmp_path):
+def test_bad_scripts(pack, tmp_path):
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps({"title": "x", "scenes": []}))
     with pytest.raises(PersonaError, match="scenes"):
-        _render(render_pack, script_file=empty)
+        _render(pack, script_file=empty)
     with pytest.raises(PersonaError, match="narrates for"):
-        render(render_pack, None, script_file=SCRIPT, profile="demo", overrides={"narration": {"max_scene_seconds": 2}})
+        render(pack, None, script_file=SCRIPT, profile="demo", overrides={"narration": {"max_scene_seconds": 2}})
 
 
-def test_disk_full_keeps_finished_stages(render_pack, monkeypatch):
+def test_disk_full_keeps_finished_stages(pack, monkeypatch):
     import persona.inference.video as video
 
     def full(*a, **k):
@@ -149,14 +149,14 @@ def test_disk_full_keeps_finished_stages(render_pack, monkeypatch):
 
     monkeypatch.setattr(video, "write_video", full)
     with pytest.raises(PersonaError, match="disk is full"):
-        _render(render_pack)
-    record = read_json(render_pack.root / "renders/three_scenes/render.json")
+        _render(pack)
+    record = read_json(pack.root / "renders/three_scenes/render.json")
     assert set(record["stages"]) == {"script", "narration", "keyframes"}  # video failed; the rest kept
-    assert (render_pack.root / "renders/three_scenes/scenes/03/keyframe.png").exists()
+    assert (pack.root / "renders/three_scenes/scenes/03/keyframe.png").exists()
 
 
-def test_until_and_9_16(render_pack):
-    s = render(render_pack, None, script_file=SCRIPT, profile="demo", until="keyframes",
+def test_until_and_9_16(pack):
+    s = render(pack, None, script_file=SCRIPT, profile="demo", until="keyframes",
                overrides={"aspect": "9:16"})
     assert s["final"] is None and set(s["stages"]) == {"script", "narration", "keyframes"}
     from PIL import Image

@@ -104,10 +104,10 @@ def test_characters_outside_the_vocab_are_reported(voice_ws, capsys):
     entries[2]["text"] = "It costs 5€ ☃ today."
     write_json(_manifest(voice_ws), entries)
     data = read_voice_dataset(voice_ws.path("datasets/voice"))
-    from persona.train.voice_trainer import package_vocab
+    from persona.models import f5_pretrained_vocab
     from persona.train.voice_data import read_vocab
 
-    assert unknown_characters(data.clips, read_vocab(package_vocab())) == {"☃": 1}
+    assert unknown_characters(data.clips, read_vocab(f5_pretrained_vocab())) == {"☃": 1}
     train_voice(voice_ws, VoiceSettings(**TINY), stop_at=1)
     err = capsys.readouterr().err
     assert "outside the F5-TTS vocab" in err and "☃" in err and err.index("☃") < err.index("plan:")

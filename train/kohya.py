@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from persona.errors import PersonaError
-from persona.files import atomic_path, write_json, write_text
+from persona.files import atomic_path, stat_key, write_json, write_text
 from persona.models import locate
 from persona.progress import info, meter, warn
-from persona.train.lora import LoraSettings
+from persona.train.lora import LoraSettings, sample_rows
 
 OPTIMIZERS = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "adafactor": "Adafactor"}
 STEP_STATE = re.compile(r"-step(\d{8})-state$")
@@ -70,13 +70,7 @@ def t5_file(base: Path, s: LoraSettings, cache: Path) -> Path:
     shards = sorted(folder.glob("model-*-of-*.safetensors"))
     if not shards:
         raise PersonaError("T5-XXL weights are missing", file=folder, fix="fetch the complete model (`persona doctor`)")
-    return join_shards(shards, cache / f"t5xxl-{_stamp(shards)}.safetensors")
-
-
-def _stamp(files: list[Path]) -> str:
-    from persona.files import hash_json
-
-    return hash_json([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])[:12]
+    return join_shards(shards, cache / f"t5xxl-{stat_key(shards, folder)[:12]}.safetensors")
 
 
 def join_shards(shards: list[Path], out: Path) -> Path:
@@ -260,7 +254,6 @@ def prepare(ws: Any, s: LoraSettings, base: Path, examples: list, run: Path, res
 
 def train_kohya(ws: Any, s: LoraSettings, base: Path, examples: list, run: Path,
                 resume: bool | None) -> dict[str, Any]:
-    from persona.train.lora_native import sample_rows
 
     job = prepare(ws, s, base, examples, run, resume, sample_rows(s, ws.token))
     if job["resume"] is not None:

@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from persona.config import list_recipes, load_recipe, resolve_settings
 from persona.errors import PersonaError
 from persona.files import atomic_path, hash_json, is_fresh, mark_fresh, read_json, record_path
-from persona.models import find, locate
+from persona.device import fits, gpu_memory
+from persona.models import locate_entry
 from persona.progress import info, warn
 from persona.workspace import slugify
 
@@ -120,6 +121,15 @@ class LoraSettings(BaseModel):
         return self.model_dump(exclude=skip)
 
 
+def sample_rows(s: LoraSettings, token: str) -> list[str]:
+    """Each sample prompt with the trigger token and without it (the token replaced by 'a person')."""
+    rows = []
+    for p in s.sample_prompts:
+        with_token = p.replace("{token}", token) if "{token}" in p else f"{token}, {p}"
+        rows += [with_token, p.replace("{token}", "a person") if "{token}" in p else p]
+    return rows
+
+
 # ---- recipes and the GPU -------------------------------------------------------------------------
 def gpu_recipes() -> list[tuple[str, int]]:
     """Shipped recipes planned for a GPU, as (name, GB), smallest first."""
@@ -132,18 +142,9 @@ def gpu_recipes() -> list[tuple[str, int]]:
 
 
 def fitting_recipe(vram_gb: float) -> str | None:
-    """The largest shipped GPU recipe that fits `vram_gb` (a card sold as 12 GB reports ~11.7 GiB)."""
-    fits = [name for name, need in gpu_recipes() if need * 0.92 <= vram_gb]
-    return fits[-1] if fits else None
-
-
-def detect_vram() -> tuple[float | None, str | None]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return None, None
-    props = torch.cuda.get_device_properties(0)
-    return props.total_memory / 2**30, props.name
+    """The largest shipped GPU recipe that fits `vram_gb`."""
+    fitting = [name for name, need in gpu_recipes() if fits(need, vram_gb)]
+    return fitting[-1] if fitting else None
 
 
 def check_vram(settings: LoraSettings, recipe: str | None, vram_gb: float | None, gpu: str | None = None) -> None:
@@ -155,7 +156,7 @@ def check_vram(settings: LoraSettings, recipe: str | None, vram_gb: float | None
         raise PersonaError(f"{label} needs a CUDA GPU with {settings.vram_gb} GB, and none was found",
                            fix="train on a machine with an NVIDIA GPU (12 GB or more); on CPU only "
                                "`--recipe tiny-cpu` with the tiny test models is practical")
-    if settings.vram_gb * 0.92 <= vram_gb:
+    if fits(settings.vram_gb, vram_gb):
         return
     other = fitting_recipe(vram_gb)
     fix = f"use --recipe {other}" if other else (
@@ -168,7 +169,7 @@ def check_vram(settings: LoraSettings, recipe: str | None, vram_gb: float | None
 def resolve(recipe: str | None, overrides: dict[str, Any] | None = None) -> tuple[LoraSettings, str | None]:
     """Settings from the recipe (by default the largest shipped one this GPU fits) and flags."""
     if recipe is None:
-        vram, _ = detect_vram()
+        vram, _ = gpu_memory()
         if vram is None:
             raise PersonaError("no CUDA GPU found, so no recipe can be picked for FLUX.1-dev",
                                fix="train on a machine with an NVIDIA GPU (12 GB or more), or pass "
@@ -188,11 +189,6 @@ def output_path(ws: Any, settings: LoraSettings) -> Path:
 def run_dir(ws: Any, key: str) -> Path:
     """Checkpoints, sample grids and kohya's files of one training run (one set of settings + data)."""
     return ws.root / "runs" / "lora" / key[:16]
-
-
-def base_name(models: dict[str, str]) -> str:
-    found = find("flux", models=models)
-    return found.repo if found is not None and found.repo else str(found.path if found else "?")
 
 
 def is_main_process() -> bool:
@@ -216,8 +212,9 @@ def train_lora(ws: Any, settings: LoraSettings, *, recipe: str | None = None, ba
     from persona.train import lora_data as data
 
     ws.require_consent("training")
-    base = locate("flux", models=ws.pack.models)
-    vram, gpu = detect_vram()
+    found = locate_entry("flux", models=ws.pack.models)
+    base = found.path
+    vram, gpu = gpu_memory()
     check_vram(settings, recipe, vram, gpu)
     images = ws.pack.datasets.images
     if images is None:
@@ -249,7 +246,7 @@ def train_lora(ws: Any, settings: LoraSettings, *, recipe: str | None = None, ba
         raise PersonaError(f"unknown backend {backend!r}", fix="use native or kohya")
     if result is None:
         return None
-    meta = {"persona.base_model": base_name(ws.pack.models), "persona.rank": str(settings.rank),
+    meta = {"persona.base_model": found.repo or str(base), "persona.rank": str(settings.rank),
             "persona.alpha": f"{settings.alpha:g}", "persona.trigger_token": ws.token,
             "persona.steps": str(settings.steps), "persona.dataset_hash": dhash, "persona.backend": backend,
             "persona.resolutions": ",".join(map(str, settings.resolutions)), "persona.name": ws.name}

@@ -10,17 +10,16 @@ or caption is re-encoded alone.
 
 from __future__ import annotations
 
-import gc
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from persona.device import free_memory
 from persona.errors import PersonaError
-from persona.files import atomic_path, hash_file, hash_json
+from persona.files import atomic_path, hash_file, hash_json, stat_key
 from persona.media import IMAGE_EXTS
 from persona.progress import track
 
@@ -56,8 +55,8 @@ def read_examples(folder: Path, token: str) -> tuple[list[Example], int]:
     if not images:
         raise PersonaError("the image dataset is empty (no images)", file=folder,
                            fix="run `persona ingest` on footage where the person is on screen")
-    uncaptioned = [p.name for p in images if not _caption_path(p).exists() or not _caption_path(p).read_text(
-        encoding="utf-8").strip()]
+    captions = {p: _caption_path(p).read_text(encoding="utf-8") if _caption_path(p).exists() else "" for p in images}
+    uncaptioned = [p.name for p in images if not captions[p].strip()]
     if uncaptioned:
         shown = ", ".join(uncaptioned[:3]) + (" ..." if len(uncaptioned) > 3 else "")
         raise PersonaError(f"{len(uncaptioned)} of {len(images)} images have no caption (.txt beside them): {shown}",
@@ -66,7 +65,7 @@ def read_examples(folder: Path, token: str) -> tuple[list[Example], int]:
     has_token = re.compile(rf"(?<![A-Za-z0-9]){re.escape(token)}(?![A-Za-z0-9])")
     examples, added = [], 0
     for p in images:
-        caption = " ".join(_caption_path(p).read_text(encoding="utf-8").split())
+        caption = " ".join(captions[p].split())
         if not has_token.search(caption):
             caption, added = f"{token}, {caption}", added + 1
         try:
@@ -134,10 +133,8 @@ def load_pixels(path: Path, bucket: tuple[int, int]) -> torch.Tensor:
 
 # ---- the cache -----------------------------------------------------------------------------------
 def component_id(folder: Path) -> str:
-    """Identifies a model component by its files' names, sizes and times: hashing a 9 GB T5 on every
-    run would cost more than the cache saves."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    return hash_json([(p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    """Identifies a model component (a 9 GB T5, say) by its files' names, sizes and times."""
+    return stat_key(sorted(p for p in folder.rglob("*") if p.is_file()), folder)
 
 
 def text_key(caption: str, text_id: str, max_tokens: int) -> str:
@@ -168,12 +165,6 @@ class Cache:
 
     def text(self, key: str) -> Path:
         return self.root / "text" / f"{key}.safetensors"
-
-
-def free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def encode_texts(base: Path, prompts: dict[str, str], cache: Cache, max_tokens: int, device: torch.device,
@@ -226,9 +217,9 @@ def encode_latents(base: Path, examples: list[Example], items: list[Item], cache
         free_memory()
 
 
-def vae_geometry(base: Path) -> dict[str, Any]:
-    """Pixels per latent cell and latent channels, from the VAE's config (8 and 16 for FLUX.1)."""
+def vae_scale(base: Path) -> int:
+    """Pixels per latent cell, from the VAE's config (8 for FLUX.1)."""
     import json
 
     cfg = json.loads((base / "vae" / "config.json").read_text())
-    return {"scale": 2 ** (len(cfg["block_out_channels"]) - 1), "channels": cfg["latent_channels"]}
+    return 2 ** (len(cfg["block_out_channels"]) - 1)

@@ -34,10 +34,10 @@ from typing import Any, Callable
 import torch
 
 from persona.errors import PersonaError
-from persona.files import atomic_path, hash_json, write_json
+from persona.files import atomic_path, hash_json, staged_dir, write_json
 from persona.progress import info, meter, warn
 from persona.train import lora_data as data
-from persona.train.lora import TARGET_MODULES, LoraSettings
+from persona.train.lora import TARGET_MODULES, LoraSettings, sample_rows
 
 
 def train_native(ws: Any, s: LoraSettings, base: Path, examples: list[data.Example], run: Path, key: str,
@@ -112,9 +112,9 @@ def train_native(ws: Any, s: LoraSettings, base: Path, examples: list[data.Examp
 def prepare_data(acc, ws: Any, s: LoraSettings, base: Path, examples: list[data.Example],
                  compute: torch.dtype) -> dict[str, Any]:
     """Fill the latent and text-embedding caches (the main process first, the others then find them)."""
-    geo = data.vae_geometry(base)
-    if s.bucket_step % (2 * geo["scale"]):
-        raise PersonaError(f"bucket_step {s.bucket_step} must be a multiple of {2 * geo['scale']} for this VAE",
+    step = 2 * data.vae_scale(base)  # latents are packed in 2x2 patches
+    if s.bucket_step % step:
+        raise PersonaError(f"bucket_step {s.bucket_step} must be a multiple of {step} for this VAE",
                            fix="change bucket_step (and resolutions) in the recipe")
     cache = data.Cache(ws.root / "cache" / "lora")
     vae_id = hash_json([data.component_id(base / "vae"), str(compute)])
@@ -339,18 +339,14 @@ def save_checkpoint(acc, folder: Path, step: int, model, optimizer, scheduler, l
     rng = gather_object([_rng_state()])
     error: list[str | None] = [None]
     if acc.is_main_process:
-        final, tmp = folder / f"step-{step:06d}", folder / f".step-{step:06d}.partial"
+        final = folder / f"step-{step:06d}"
         try:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            save_file(lora_state(acc.unwrap_model(model)), str(tmp / "lora.safetensors"))
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save({"step": step, "scheduler": scheduler.state_dict(), "losses": list(losses), "rng": rng,
-                        "key": key}, tmp / "trainer.pt")
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            with staged_dir(final) as tmp:
+                save_file(lora_state(acc.unwrap_model(model)), str(tmp / "lora.safetensors"))
+                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+                torch.save({"step": step, "scheduler": scheduler.state_dict(), "losses": list(losses), "rng": rng,
+                            "key": key}, tmp / "trainer.pt")
         except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
             error = [e.strerror or str(e)]
         else:
             for old in sorted(p for p in folder.glob("step-*") if p != final)[:-keep + 1 or None]:
@@ -386,15 +382,6 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int) -> tuple
 
 
 # ---- sample grids --------------------------------------------------------------------------------
-def sample_rows(s: LoraSettings, token: str) -> list[str]:
-    """Each sample prompt with the trigger token and without it (the token replaced by 'a person')."""
-    rows = []
-    for p in s.sample_prompts:
-        with_token = p.replace("{token}", token) if "{token}" in p else f"{token}, {p}"
-        rows += [with_token, p.replace("{token}", "a person") if "{token}" in p else p]
-    return rows
-
-
 class Sampler:
     """Draws a grid (rows: prompts with and without the token; columns: fixed seeds) with the LoRA as
     trained so far, from text embeddings cached before the encoders were released."""

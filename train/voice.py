@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from persona import models as model_registry
+from persona.device import default_device, gpu_memory, largest_fitting
 from persona.errors import PersonaError
 from persona.files import atomic_path, hash_file, hash_json, is_fresh, mark_fresh, write_json, write_text
 from persona.progress import info, warn
@@ -48,6 +49,7 @@ from persona.train.voice_trainer import (
 )
 
 FRAMES_PER_SECOND = SAMPLE_RATE / MEL["hop_length"]  # 93.75 mel frames per second of audio
+RECIPES_GB = (12, 24, 80)  # the shipped recipes recipes/voice/f5-<N>gb.toml, by the GPU memory they plan for
 # F5's fine-tune default: lr 1e-5 at 3200 frames per batch; other batch sizes scale it by the square root.
 REFERENCE_LR, REFERENCE_FRAMES = 1e-5, 3200
 
@@ -123,21 +125,15 @@ def plan_training(s: VoiceSettings, batches_per_epoch: int, train_seconds: float
 
 
 def auto_recipe() -> str | None:
-    """The shipped recipe for this machine's GPU (by VRAM), or None on a CPU (plain defaults)."""
-    import torch
-
-    if not torch.cuda.is_available():
+    """The largest shipped recipe this machine's GPU fits, or None on a CPU (plain defaults)."""
+    have, _ = gpu_memory()
+    if have is None:
         return None
-    gb = torch.cuda.get_device_properties(0).total_memory / 2**30
-    return "f5-12gb" if gb < 20 else "f5-24gb" if gb < 60 else "f5-80gb"
+    gb = largest_fitting(list(RECIPES_GB), have)
+    return f"f5-{gb or 12}gb"
 
 
 # ---- the verb ----------------------------------------------------------------------------------
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
 
 def _check_amount(data: VoiceData, s: VoiceSettings) -> None:
     minutes = data.seconds / 60
@@ -254,7 +250,7 @@ def _set_up_run(ws: Any, data: VoiceData, f5: Base, s: VoiceSettings, restart: b
     with quiet():
         train_set, val_set = load_f5_split(train_dir, MEL), load_f5_split(val_dir, MEL)
     batches = len(sampler_for(train_set, s.batch_frames, s.max_samples, s.seed))
-    plan = plan_training(s, batches, split["train_seconds"], split["train_clips"], split["val_clips"], _device())
+    plan = plan_training(s, batches, split["train_seconds"], split["train_clips"], split["val_clips"], default_device())
     stat = f5.checkpoint.stat()
     key = hash_json({"data": split["key"], "plan": plan.trajectory(), "seed": s.seed, "max_samples": s.max_samples,
                      "warmup": s.warmup, "grad_norm": s.max_grad_norm,

@@ -19,7 +19,6 @@ import random
 import re
 import warnings
 from dataclasses import asdict, dataclass
-from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,20 +47,15 @@ class Base:
     name: str  # recorded as [voice].base
 
 
-def package_vocab() -> Path:
-    """The vocab the f5-tts wheel ships for inference: the pretrained one (2545 tokens)."""
-    return Path(str(files("f5_tts").joinpath("infer/examples/vocab.txt")))
-
-
 def find_base(models: dict[str, str], explicit: str | Path | None = None) -> Base:
     """The pretrained checkpoint (an F5-TTS snapshot folder or a checkpoint file), its vocab and architecture."""
-    found = model_registry.find("f5-tts", explicit, models)
-    path = model_registry.locate("f5-tts", explicit, models)
+    found = model_registry.locate_entry("f5-tts", explicit, models)
+    path = found.path
     checkpoint = path if path.is_file() else path / BASE_FILE
     vocab = checkpoint.parent / "vocab.txt"
     arch = model_registry.f5_arch(checkpoint)
-    name = f"{found.repo}/{BASE_FILE}" if found and found.repo else str(checkpoint)
-    return Base(checkpoint, vocab if vocab.exists() else package_vocab(), arch, name)
+    name = f"{found.repo}/{BASE_FILE}" if found.repo else str(checkpoint)
+    return Base(checkpoint, vocab if vocab.exists() else model_registry.f5_pretrained_vocab(), arch, name)
 
 
 def read_weights(path: Path) -> dict[str, Any]:
