@@ -62,7 +62,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from persona.data.speakers import default_encoder
+    from persona.speakers import default_encoder
     from persona.data.voice import VoiceIngestSettings, ingest_voice
     from persona.progress import quiet_libraries
     from persona.workspace import Consent, Workspace

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from persona.data import vad
-from persona.data.speakers import SpeakerEncoder, unit
+from persona.speakers import SpeakerEncoder, unit
 
 RESOLUTION = 0.01  # seconds per mask frame
 HOP = 0.4  # seconds between window starts

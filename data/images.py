@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from persona.data import captions as cap
 from persona.data import crops, frames, scan, select
-from persona.data import faces as fx
+from persona import faces as fx
 from persona.errors import PersonaError
 from persona.files import hash_file, hash_json, is_fresh, mark_fresh, read_json, staged_dir, write_json, write_text
 from persona.progress import info, meter, track, warn

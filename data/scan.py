@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from persona.data import faces as fx
+from persona import faces as fx
 from persona.data import frames
 from persona.errors import PersonaError
 from persona.files import hash_json, read_json, remembered_hash, write_json

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from persona.data import crops
-from persona.data import faces as fx
-from persona.data.faces import FaceBackend, hamming
+from persona import faces as fx
+from persona.faces import FaceBackend, hamming
 
 # Rejection reasons, in the order they are checked (and reported).
 NO_FACE = "no face in the frame"

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from persona.data import clips as cliplib
 from persona.data import diarize, quality, vad
 from persona.data import voice_dataset as vd
-from persona.data.speakers import SpeakerEncoder, default_encoder, unit
+from persona.speakers import SpeakerEncoder, default_encoder, unit
 from persona.errors import PersonaError
 from persona.files import atomic_path, hash_file, hash_json, read_json, remembered_hash, staged_dir, write_json
 from persona.media import probe, read_audio, write_audio

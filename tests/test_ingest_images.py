@@ -16,7 +16,7 @@ from PIL import Image
 import people_footage as people
 from persona.data import crops, select
 from persona.data.captions import person_caption
-from persona.data.faces import hamming
+from persona.faces import hamming
 from persona.data.images import ImageSettings, ingest_images
 from persona.data.inputs import discover
 from persona.errors import PersonaError

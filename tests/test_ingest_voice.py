@@ -105,7 +105,7 @@ def test_quality_measures():
 
 
 def test_clusters_and_enrollment_checks():
-    from persona.data.speakers import default_encoder
+    from persona.speakers import default_encoder
 
     enc = default_encoder()
     two = np.concatenate([voice("en", 16000), voice("zh", 16000)])
