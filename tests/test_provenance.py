@@ -12,7 +12,7 @@ import pytest
 
 from persona import __version__
 from persona.errors import PersonaError
-from persona.inference.assemble import burn_label, label_box, label_font
+from persona.inference.assemble import _frames, burn_label, label_box, label_font
 from persona.media import iter_frames, write_video
 from persona.provenance import KEY_DIR, SOURCE_TYPE, WORKSPACE_ISSUER, sign_video, verify_video
 from persona.workspace import Consent, Workspace
@@ -227,3 +227,14 @@ def test_visible_label_changes_pixels_only_in_its_corner(corner):
     assert (cols < w // 3).all() if left else (cols >= 2 * w // 3).all()
     x0, y0, x1, y1 = label_box((w, h), corner, font)
     assert rows.min() >= y0 and rows.max() < y1 and cols.min() >= x0 and cols.max() < x1
+
+
+def test_assembly_frame_loop_burns_the_label_in_the_chosen_corner(video):
+    plain = [f for _, f in iter_frames(video)]
+    labelled = list(_frames([video], [], 8, burn=False, corner="bottom-left"))
+    assert len(labelled) == len(plain)
+    x0, y0, x1, y1 = label_box((96, 64), "bottom-left", label_font(64))
+    assert x0 < 10 and y1 > 54  # hugs the bottom-left corner
+    for a, b in zip(plain, labelled):
+        rows, cols = np.nonzero((a != b).any(axis=2))
+        assert len(rows) and rows.min() >= y0 and rows.max() < y1 and cols.min() >= x0 and cols.max() < x1
