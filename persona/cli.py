@@ -347,7 +347,7 @@ def speak(ctx: Ctx, text: str, output: Path, seed: int, steps: int, speed: float
 @click.option("--label", is_flag=True, default=None,
               help='Burn a small "AI-generated" mark into the picture (for platforms that strip metadata).')
 @click.option("--label-corner", type=click.Choice(["top-left", "top-right", "bottom-left", "bottom-right"]),
-              help="Corner for --label (default top-right, clear of the subtitles).")
+              help="Corner for the label (implies --label; default top-right, clear of the subtitles).")
 @click.option("--consent-reference", is_flag=True, default=None,
               help="Put the consent record's path/URL into the Content Credentials (left out by default).")
 @click.option("--until", type=click.Choice(["script", "narration", "keyframes", "video", "lipsync", "finish", "assemble"]),

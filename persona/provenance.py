@@ -322,5 +322,6 @@ def verify_video(path: str | Path) -> dict[str, Any]:
         trusted=state == "Trusted",
     )
     if report["signer"]["kind"].startswith("workspace"):
-        report["note"] = INTEGRITY_ONLY.replace("this workspace's", "a persona workspace's")
+        report["note"] = ("signed with a persona workspace's own self-signed certificate, which nobody vouches for: "
+                          "it proves the file is unchanged since it was signed, not who made it")
     return report
