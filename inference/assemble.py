@@ -1,15 +1,19 @@
 """Assembly: scenes joined into final.mp4 (H.264 + AAC), narration at -14 LUFS, final.srt with one
-cue per sentence (optionally burned in), and container metadata labelling the video AI-generated
-with the persona's name and consent reference."""
+cue per sentence (optionally burned in), container metadata labelling the video AI-generated with
+the persona's name and consent, signed Content Credentials (C2PA) saying the same, and optionally a
+visible "AI-generated" mark in one corner."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from persona import provenance
 from persona.files import write_text
 from persona.inference.speech import SAMPLE_RATE
 from persona.media import iter_frames, probe, read_audio, write_video
@@ -86,9 +90,51 @@ def burn_in(frame: np.ndarray, text: str, font: Any) -> np.ndarray:
     return np.asarray(image)
 
 
-def _frames(videos: list[Path], cues: list[dict[str, Any]], fps: float, burn: bool) -> Iterator[np.ndarray]:
+LABEL_TEXT = "AI-generated"
+
+
+def label_box(size: tuple[int, int], corner: str, font: Any) -> tuple[int, int, int, int]:
+    """Where the visible label goes: (left, top, right, bottom) of its backing box, inset from `corner`."""
+    from PIL import ImageDraw, Image
+
+    w, h = size
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    left, top, right, bottom = draw.textbbox((0, 0), LABEL_TEXT, font=font)
+    pad, margin = max(2, font.size // 4), max(2, h // 40)
+    bw, bh = right - left + 2 * pad, bottom - top + 2 * pad
+    x = margin if corner.endswith("left") else w - margin - bw
+    y = margin if corner.startswith("top") else h - margin - bh
+    return x, y, x + bw, y + bh
+
+
+def burn_label(frame: np.ndarray, corner: str, font: Any) -> np.ndarray:
+    """A small "AI-generated" mark on a translucent dark box: it stays readable after any re-encode
+    or upload that drops the Content Credentials."""
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(frame)
+    x0, y0, x1, y1 = label_box(image.size, corner, font)
+    box = image.crop((x0, y0, x1, y1))
+    shade = Image.new("RGB", box.size, (0, 0, 0))
+    box = Image.blend(box, shade, 0.55)
+    draw = ImageDraw.Draw(box)
+    left, top, _, _ = draw.textbbox((0, 0), LABEL_TEXT, font=font)
+    pad = max(2, font.size // 4)
+    draw.text((pad - left, pad - top), LABEL_TEXT, font=font, fill="white")
+    image.paste(box, (x0, y0))
+    return np.asarray(image)
+
+
+def label_font(height: int) -> Any:
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=max(8, height // 36))
+
+
+def _frames(videos: list[Path], cues: list[dict[str, Any]], fps: float, burn: bool,
+            corner: str | None = None) -> Iterator[np.ndarray]:
     n = 0
-    font = None
+    font = mark = None
     for path in videos:
         for _, frame in iter_frames(path):
             if burn:
@@ -97,12 +143,18 @@ def _frames(videos: list[Path], cues: list[dict[str, Any]], fps: float, burn: bo
                 if text:
                     font = font or _subtitle_font(frame.shape[0])
                     frame = burn_in(frame, text, font)
+            if corner:
+                mark = mark or label_font(frame.shape[0])
+                frame = burn_label(frame, corner, mark)
             n += 1
             yield frame
 
 
-def label(ws: Any, title: str) -> dict[str, str]:
-    consent = ws.pack.consent.summary() if ws.pack.consent else "no consent record"
+def label(ws: Any, title: str, consent_reference: bool = False) -> dict[str, str]:
+    c = ws.pack.consent
+    consent = c.summary() if c else "no consent record"
+    if c and c.reference and not consent_reference:  # the record's location only when the user asks
+        consent = c.model_copy(update={"reference": None}).summary()
     return {
         "title": title,
         "comment": f"AI-generated video. The likeness and voice of {ws.name} were synthesised with persona; {consent}.",
@@ -126,10 +178,19 @@ def run(ws: Any, settings: Any, rdir: Any, title: str) -> dict[str, Any]:
     fps = settings.finish.fps  # every finished scene is re-timed to it
     cues = global_cues([s.record("narration.wav") for s in rdir.scenes])
     out = rdir.root / "final.mp4"
-    write_video(out, _frames(videos, cues, fps, a.burn_subtitles), fps, audio=audio, sr=a.audio_rate,
-                metadata=label(ws, title), crf=a.crf)
+    # Encode to a hidden file, then sign it into final.mp4 (itself written to a temp file and renamed):
+    # a killed run never leaves an unsigned video under the final name.
+    fd, unsigned = tempfile.mkstemp(dir=rdir.root, prefix=".final.", suffix=".unsigned.mp4")
+    os.close(fd)
+    try:
+        write_video(unsigned, _frames(videos, cues, fps, a.burn_subtitles, a.label_corner if a.label else None), fps,
+                    audio=audio, sr=a.audio_rate, metadata=label(ws, title, a.consent_reference), crf=a.crf)
+        signed = provenance.sign_video(ws, unsigned, out, title, consent_reference=a.consent_reference)
+    finally:
+        Path(unsigned).unlink(missing_ok=True)
     write_text(rdir.root / "final.srt", srt(cues))
     info = probe(out)
     return {"output": str(out), "subtitles": str(rdir.root / "final.srt"), "cues": len(cues), "fps": fps,
             "size": [info.width, info.height], "seconds": round(info.duration, 3), "loudness": loudness,
-            "burned_subtitles": a.burn_subtitles}
+            "burned_subtitles": a.burn_subtitles, "label": a.label_corner if a.label else None,
+            "content_credentials": signed}

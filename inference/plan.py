@@ -93,6 +93,9 @@ class AssemblySettings(BaseModel):
     burn_subtitles: bool = False
     crf: int = 18
     audio_rate: int = 48000
+    label: bool = False  # burn a small "AI-generated" mark into the picture (for platforms that strip metadata)
+    label_corner: Literal["top-left", "top-right", "bottom-left", "bottom-right"] = "top-right"
+    consent_reference: bool = False  # put the consent record's path/URL into the Content Credentials
 
 
 class LipsyncSettings(BaseModel):

@@ -344,18 +344,27 @@ def speak(ctx: Ctx, text: str, output: Path, seed: int, steps: int, speed: float
 @click.option("--llm-model", help="Model name on that server.")
 @click.option("--anchor", type=click.Choice(["first-last", "restart"]), help="How long scenes stay anchored to their keyframe.")
 @click.option("--burn-subtitles", is_flag=True, default=None, help="Draw the subtitles into the picture as well.")
+@click.option("--label", is_flag=True, default=None,
+              help='Burn a small "AI-generated" mark into the picture (for platforms that strip metadata).')
+@click.option("--label-corner", type=click.Choice(["top-left", "top-right", "bottom-left", "bottom-right"]),
+              help="Corner for the label (implies --label; default top-right, clear of the subtitles).")
+@click.option("--consent-reference", is_flag=True, default=None,
+              help="Put the consent record's path/URL into the Content Credentials (left out by default).")
 @click.option("--until", type=click.Choice(["script", "narration", "keyframes", "video", "lipsync", "finish", "assemble"]),
               help="Stop after this stage (e.g. review the script or keyframes first).")
 @json_option
 @click.pass_obj
 def render(ctx: Ctx, topic: Path | None, script_file: Path | None, name: str | None, profile: str,
            aspect: str | None, seed: int | None, llm_backend: str | None, llm_url: str | None, llm_model: str | None,
-           anchor: str | None, burn_subtitles: bool | None, until: str | None, as_json: bool) -> None:
+           anchor: str | None, burn_subtitles: bool | None, label: bool | None, label_corner: str | None,
+           consent_reference: bool | None, until: str | None, as_json: bool) -> None:
     """Turn TOPIC (a text file) into an explainer video of the persona: renders/NAME/final.mp4.
 
     Stages: script (LLM) -> narration (the trained voice) -> keyframes (FLUX + LoRA) -> video
     (Wan 2.1) -> assembly (+ final.srt). renders/NAME/script.json can be edited and rendered again:
     only the scenes that changed are redone, and a killed render resumes where it stopped.
+    final.mp4 carries signed Content Credentials (C2PA) saying it is AI-generated: check them with
+    `persona verify`.
 
     \b
     Examples:
@@ -364,19 +373,86 @@ def render(ctx: Ctx, topic: Path | None, script_file: Path | None, name: str | N
       persona render --name topic                     # re-render after editing its script.json
       persona render --script my_script.json --profile 24gb --aspect 9:16
       persona render topic.txt --llm openai --llm-url http://localhost:8000 --llm-model qwen2.5
+      persona render topic.txt --label --label-corner bottom-left   # a visible "AI-generated" mark
     """
     from persona.inference.render import render as run
 
     overrides = {"aspect": aspect, "seed": seed,
                  "script": {"backend": llm_backend, "url": llm_url, "model": llm_model},
-                 "video": {"anchor": anchor}, "assembly": {"burn_subtitles": burn_subtitles}}
+                 "video": {"anchor": anchor},
+                 "assembly": {"burn_subtitles": burn_subtitles, "label": True if label_corner else label,
+                              "label_corner": label_corner, "consent_reference": consent_reference}}
     summary = run(ctx.workspace(), topic, script_file=script_file, name=name, profile=profile,
                   overrides=overrides, until=until)
     if summary["final"]:
         from persona.progress import info
 
         info(f"wrote {summary['final']}")
+        _say_credentials(Path(summary["final"]))
     emit(summary, as_json)
+
+
+def _say_credentials(video: Path) -> None:
+    """One line on what the Content Credentials of a fresh video prove."""
+    from persona.progress import info, warn
+    from persona.provenance import verify_video
+
+    report = verify_video(video)
+    if report["status"] != "valid":
+        warn(f"{video}: Content Credentials {report['status']}: {'; '.join(report['problems'])}")
+    elif report["signer"]["kind"].startswith("workspace"):
+        info(f"Content Credentials: AI-generated, {report['note']}")
+    else:
+        info(f"Content Credentials: AI-generated, signed by {report['signer']['name']} (your certificate)")
+
+
+# ------------------------------------------------------------------------------------------------
+@cli.command(context_settings=CONTEXT)
+@click.argument("video", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+def verify(video: Path, as_json: bool) -> None:
+    """Read the Content Credentials (C2PA manifest) of VIDEO and check they still match it.
+
+    Reports whether the video says it is AI-generated (the IPTC digital source type), the
+    generator, the persona, the consent, the signer, and the status: valid, tampered (the file
+    changed after signing) or no manifest (never signed, or stripped by a re-encode or upload).
+    Exits 1 unless the status is valid. Nothing is fetched from the network.
+
+    \b
+    Examples:
+      persona verify renders/topic/final.mp4
+      persona verify downloaded.mp4 --json
+    """
+    from rich.markup import escape
+
+    from persona.progress import info
+    from persona.provenance import verify_video
+
+    r = verify_video(video)
+    if r["status"] == "no manifest":
+        info(f"{escape(str(video))}: no Content Credentials (never signed, or stripped by a re-encode or upload)")
+    else:
+        colour = "green" if r["status"] == "valid" else "red"
+        info(f"{escape(str(video))}: [{colour}]{r['status']}[/{colour}]")
+        c = r["consent"] or {}
+        consent = (f"granted by {c.get('granted_by')} on {c.get('date')} for {c.get('scope')}"
+                   + (f" (record: {c['reference']})" if c.get("reference") else "")) if c else "none recorded"
+        signer = r["signer"]
+        rows = [("AI-generated", {True: "yes", False: "no"}.get(r["ai_generated"])),
+                ("source type", r["digital_source_type"]), ("generator", r["generator"]), ("persona", r["persona"]),
+                ("consent", consent if signer else None),
+                ("signer", signer and f"{signer['name']} ({signer['kind']}, "
+                                      f"{'trusted' if r['trusted'] else 'not on a trust list you set'})")]
+        for k, v in rows:
+            if v is not None:
+                info(f"  {k:<13} {escape(str(v))}")
+        for p in r["problems"]:
+            info(f"  [red]problem[/red]       {escape(p)}")
+        if r.get("note"):
+            info(f"  note          {escape(r['note'])}")
+    emit(r, as_json)
+    if r["status"] != "valid":
+        raise click.exceptions.Exit(1)
 
 
 # ------------------------------------------------------------------------------------------------

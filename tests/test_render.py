@@ -14,6 +14,7 @@ from persona.errors import PersonaError
 from persona.files import read_json
 from persona.inference.render import render
 from persona.media import av_open, stream_durations
+from persona.provenance import verify_video
 
 SCRIPT = Path(__file__).parent / "data" / "three_scenes.json"
 
@@ -46,7 +47,11 @@ def test_three_scenes_end_to_end(rendered):
         assert c.streams.video[0].codec_context.name == "h264" and c.streams.audio[0].codec_context.name == "aac"
         assert c.metadata["ai_generated"] == "true" and c.metadata["persona"] == ws.name
         assert "consent" in c.metadata["comment"] and "granted by" in c.metadata["consent"]
+    credentials = verify_video(final)  # signed Content Credentials (C2PA) saying AI-generated, with the consent
+    assert credentials["status"] == "valid" and credentials["ai_generated"] and credentials["persona"] == ws.name
+    assert credentials["consent"]["granted_by"] == ws.pack.consent.granted_by
     record = read_json(rdir / "render.json")
+    assert record["stages"]["assemble"]["content_credentials"]["signed"] is True
     assert record["completed"] and record["model_loads"] == {"f5-tts": 1, "flux": 1, "wan-flf2v": 1, "film": 1}
     assert record["stages"]["lipsync"]["skipped"] and record["stages"]["finish"]["interpolation"] == "film"
     assert record["stages"]["assemble"]["loudness"]["output_lufs"] == pytest.approx(-14, abs=1.0)
