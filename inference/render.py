@@ -115,7 +115,7 @@ def preflight(ws: Workspace) -> VoiceFiles:
 def sweep(rdir: RenderDir) -> None:
     """Remove what killed runs left behind: half-written temp files and private reuse stashes (a
     render holds the workspace, so none of them belongs to a running command)."""
-    for part in rdir.root.rglob(".*.part"):
+    for part in [*rdir.root.rglob(".*.part"), *rdir.root.glob(".final.*.unsigned.mp4")]:
         part.unlink(missing_ok=True)
     for stash in rdir.root.glob(".reuse*"):
         shutil.rmtree(stash, ignore_errors=True)
