@@ -12,32 +12,26 @@ is configured. Everything streams frame by frame: a 90 s HD video never sits in 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from persona.device import default_device
 from persona.errors import PersonaError
-from persona.files import hash_file, hash_json, mark_fresh
+from persona.files import hash_json
 from persona.inference.memory import Lazy
+from persona.inference.plan import FinishSettings, SceneDir
+from persona.inference.stage import RenderJob, Stage, Tick, model_key
 from persona.media import ffmpeg_logs_off
 
+if TYPE_CHECKING:
+    from persona.workspace import Workspace
+
 FILM_MULTIPLE = 64  # FILM's feature pyramid wants sides divisible by 64
-
-
-class FinishSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    fps: int = Field(default=32, ge=1)
-    interpolation: Literal["auto", "film", "minterpolate", "none"] = "auto"  # auto: FILM if configured
-    output_height: int = Field(default=1080, ge=16)  # the short side: 720 or 1080 for HD
-    upscale: Literal["auto", "model", "lanczos"] = "auto"  # auto: the [models] upscaler if configured
-    tile: int = Field(default=256, ge=16)
-    tile_overlap: int = Field(default=16, ge=0)
 
 
 def output_size(aspect: str, short_side: int) -> tuple[int, int]:
@@ -240,7 +234,7 @@ def resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 # ---- the stage ----------------------------------------------------------------------------------------
-def _pick(ws: Any, key: str, choice: str, model_choice: str, fallback: str, fallback_note: str) -> tuple[str, Path | None]:
+def _pick(ws: Workspace, key: str, choice: str, model_choice: str, fallback: str, fallback_note: str) -> tuple[str, Path | None]:
     """(method, model file) for one finishing step: the model when asked for (it must exist), or
     when `auto` finds it configured; else the fallback, with a warning once."""
     from persona.models import find, locate
@@ -257,8 +251,9 @@ def _pick(ws: Any, key: str, choice: str, model_choice: str, fallback: str, fall
     return fallback, None
 
 
-def finish_scene(source: Path, seconds: float, out: Path, method: str, film: Any, upscaler: Any,
-                 size: tuple[int, int], f: FinishSettings) -> dict[str, Any]:
+def finish_scene(source: Path, seconds: float, out: Path, method: str, film: Film | None, upscaler: Upscaler | None,
+                 size: tuple[int, int], f: FinishSettings, tick: Callable[[float], None] = lambda n: None
+                 ) -> dict[str, Any]:
     from persona.media import iter_frames, probe, write_video
 
     src_fps = probe(source).fps
@@ -268,32 +263,74 @@ def finish_scene(source: Path, seconds: float, out: Path, method: str, film: Any
         frames = film.interpolate(frames, factor) if method == "film" else minterpolate(frames, src_fps, factor)
     count = round(seconds * f.fps)
     frames = retime(frames, src_fps * factor, f.fps, count)
-    frames = (resize(upscaler(x) if upscaler is not None else x, size) for x in frames)
-    write_video(out, frames, f.fps)
+
+    def finished(x: np.ndarray) -> np.ndarray:
+        tick(1)
+        return resize(upscaler(x) if upscaler is not None else x, size)
+
+    write_video(out, (finished(x) for x in frames), f.fps)
     return {"source_fps": src_fps, "factor": factor, "frames": count}
 
 
-def run(ws: Any, settings: Any, rdir: Any, synced: list[str], loads: dict[str, int], progress: Any) -> dict[str, Any]:
-    f = settings.finish
-    method, film_path = _pick(ws, "film", f.interpolation, "film", "minterpolate", "interpolating with FFmpeg's minterpolate")
-    up, up_path = _pick(ws, "upscaler", f.upscale, "model", "lanczos", "resizing with Lanczos")
-    size = output_size(settings.aspect, f.output_height)
-    model_ids = [hash_file(p) if p else None for p in (film_path, up_path)]
-    sources = {s.label: s.path("synced.mp4" if s.label in synced else "video.mp4") for s in rdir.scenes}
-    seconds = {s.label: s.record("narration.wav")["seconds"] for s in rdir.scenes}
-    keys = {s.label: hash_json(["finish", s.record(sources[s.label].name).get("key"), seconds[s.label],
-                                method, up, model_ids, size, f.model_dump()]) for s in rdir.scenes}
-    make, result = rdir.scenes_to_make("finished.mp4", keys)
-    progress.advance(len(rdir.scenes) - len(make))
-    film = Lazy(lambda: Film(film_path), "film", loads)
-    sr = Lazy(lambda: Upscaler(up_path, f.tile, f.tile_overlap), "upscaler", loads)
-    with film, sr:
-        for s in make:
-            out = s.path("finished.mp4")
-            info = finish_scene(sources[s.label], seconds[s.label], out, method, film.get() if film_path else None,
-                                sr.get() if up_path else None, size, f)
-            mark_fresh(out, keys[s.label], source=sources[s.label].name, **info)
-            progress.advance(1)
-    return {**result, "interpolation": method, "upscale": up,
-            "film": str(film_path) if film_path else None, "upscaler": str(up_path) if up_path else None,
-            "fps": f.fps, "size": list(size)}
+class FinishStage(Stage):
+    """Interpolation to the output rate, then upscaling to HD (progress in output frames)."""
+
+    name, output = "finish", "finished.mp4"
+
+    def __init__(self, job: RenderJob):
+        f = job.settings.finish
+        self.method, self.film_path = _pick(job.ws, "film", f.interpolation, "film", "minterpolate",
+                                            "interpolating with FFmpeg's minterpolate")
+        self.upscale, self.upscaler_path = _pick(job.ws, "upscaler", f.upscale, "model", "lanczos",
+                                                 "resizing with Lanczos")
+        self.size = output_size(job.settings.aspect, f.output_height)
+        self.models = model_key(self.film_path, self.upscaler_path)
+
+    def source(self, job: RenderJob, scene: SceneDir) -> Path:
+        return scene.path("synced.mp4" if scene.label in job.notes.get("synced", []) else "video.mp4")
+
+    def seconds(self, scene: SceneDir) -> float:
+        return scene.record("narration.wav")["seconds"]
+
+    def key(self, job: RenderJob, scene: SceneDir) -> str:
+        source = self.source(job, scene)
+        return hash_json(["finish", scene.record(source.name).get("key"), self.seconds(scene), self.method,
+                          self.upscale, self.models, self.size, job.settings.finish.model_dump()])
+
+    def work(self, job: RenderJob, scene: SceneDir) -> float:
+        return round(self.seconds(scene) * job.settings.finish.fps)
+
+    def load(self, job: RenderJob) -> tuple[Film | None, Upscaler | None]:
+        f = job.settings.finish
+        film = Film(self.film_path) if self.film_path else None
+        if film is not None:
+            job.loads["film"] = job.loads.get("film", 0) + 1
+        upscaler = Upscaler(self.upscaler_path, f.tile, f.tile_overlap) if self.upscaler_path else None
+        if upscaler is not None:
+            job.loads["upscaler"] = job.loads.get("upscaler", 0) + 1
+        return FinishModels(film, upscaler)
+
+    def make(self, job: RenderJob, scene: SceneDir, model: Lazy, tick: Tick) -> dict[str, Any]:
+        source = self.source(job, scene)
+        models = model.get() if (self.film_path or self.upscaler_path) else FinishModels(None, None)
+        info = finish_scene(source, self.seconds(scene), scene.path(self.output), self.method, models.film,
+                            models.upscaler, self.size, job.settings.finish, tick)
+        return {"source": source.name, **info}
+
+    def summary(self, job: RenderJob) -> dict[str, Any]:
+        f = job.settings.finish
+        return {"interpolation": self.method, "upscale": self.upscale,
+                "film": str(self.film_path) if self.film_path else None,
+                "upscaler": str(self.upscaler_path) if self.upscaler_path else None,
+                "fps": f.fps, "size": list(self.size)}
+
+
+@dataclass
+class FinishModels:
+    """The finishing models (each optional), released together."""
+
+    film: Film | None
+    upscaler: Upscaler | None
+
+    def close(self) -> None:
+        self.film = self.upscaler = None

@@ -8,14 +8,17 @@ leak into b-roll. Seeds come from the scene's prompt and are recorded.
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from persona.errors import PersonaError
-from persona.files import atomic_path, hash_file, hash_json, mark_fresh
+from persona.files import atomic_path, hash_file, hash_json
 from persona.inference.memory import Lazy, load_pipeline
-from persona.inference.plan import SceneDir, scene_seed
+from persona.inference.plan import RenderSettings, SceneDir, scene_seed
+from persona.inference.stage import RenderJob, Stage, Tick, model_key, step_callback
 from persona.models import locate
+
+if TYPE_CHECKING:
+    from persona.workspace import Workspace
 
 ADAPTER = "persona"
 
@@ -28,53 +31,62 @@ def keyframe_prompt(image_prompt: str, on_camera: bool, token: str) -> str:
     return named if named != image_prompt else f"{token}, {image_prompt}"
 
 
-def lora_strength(ws: Any, settings: Any) -> float:
+def lora_strength(ws: Workspace, settings: RenderSettings) -> float:
     s = settings.keyframes.lora_strength
     return s if s is not None else ws.pack.lora.strength
 
 
-def keyframe_key(scene: SceneDir, flux: Path, lora_id: str, strength: float, token: str, settings: Any) -> str:
-    k = settings.keyframes
-    return hash_json(["keyframe", keyframe_prompt(scene.scene.image_prompt, scene.scene.on_camera, token),
-                      scene.scene.on_camera, str(flux), lora_id, strength if scene.scene.on_camera else 0.0,
-                      settings.seed, settings.keyframe_size(), k.steps, k.guidance, k.max_sequence_length])
+class KeyframeStage(Stage):
+    """FLUX.1-dev with the pack's LoRA draws each scene's opening frame (progress in denoising steps)."""
 
+    name, output, model = "keyframes", "keyframe.png", "flux"
 
-def run(ws: Any, settings: Any, rdir: Any, loads: dict[str, int], progress: Any) -> dict[str, Any]:
-    flux = locate("flux", models=ws.pack.models)
-    lora = ws.path(ws.pack.lora.path)  # the render's preflight made sure the pack has one
-    if not lora.exists():
-        raise PersonaError("[lora] path points at a missing file", file=lora, fix="run `persona train-lora` again")
-    lora_id = hash_file(lora)
-    strength = lora_strength(ws, settings)
-    keys = {s.label: keyframe_key(s, flux, lora_id, strength, ws.token, settings) for s in rdir.scenes}
-    seeds = {s.label: scene_seed(settings.seed, "keyframe", s.scene.image_prompt) for s in rdir.scenes}
-    make, result = rdir.scenes_to_make("keyframe.png", keys)
-    progress.advance(len(rdir.scenes) - len(make))
-    width, height = settings.keyframe_size()
-    k = settings.keyframes
+    def __init__(self, job: RenderJob):
+        ws = job.ws
+        self.flux = locate("flux", models=ws.pack.models)
+        self.lora = ws.path(ws.pack.lora.path)  # the render's preflight made sure the pack has one
+        if not self.lora.exists():
+            raise PersonaError("[lora] path points at a missing file", file=self.lora, fix="run `persona train-lora` again")
+        self.lora_id = hash_file(self.lora)
+        self.strength = lora_strength(ws, job.settings)
+        self.flux_id = model_key(self.flux)
 
-    def load() -> Any:
+    def prompt(self, job: RenderJob, scene: SceneDir) -> str:
+        return keyframe_prompt(scene.scene.image_prompt, scene.scene.on_camera, job.ws.token)
+
+    def seed(self, job: RenderJob, scene: SceneDir) -> int:
+        return scene_seed(job.settings.seed, "keyframe", scene.scene.image_prompt)
+
+    def key(self, job: RenderJob, scene: SceneDir) -> str:
+        k, on = job.settings.keyframes, scene.scene.on_camera
+        return hash_json(["keyframe", self.prompt(job, scene), on, self.flux_id, self.lora_id,
+                          self.strength if on else 0.0, job.settings.seed, job.settings.keyframe_size(), k.steps,
+                          k.guidance, k.max_sequence_length])
+
+    def work(self, job: RenderJob, scene: SceneDir) -> float:
+        return job.settings.keyframes.steps
+
+    def load(self, job: RenderJob) -> Any:
         from diffusers import FluxPipeline  # seconds to import: only when a keyframe is drawn
 
-        pipe = load_pipeline(FluxPipeline, flux, k.memory)
-        pipe.load_lora_weights(str(lora), adapter_name=ADAPTER)
+        pipe = load_pipeline(FluxPipeline, self.flux, job.settings.keyframes.memory)
+        pipe.load_lora_weights(str(self.lora), adapter_name=ADAPTER)
         return pipe
 
-    with Lazy(load, "flux", loads) as flux_pipe:
-        for s in make:
-            import torch
+    def make(self, job: RenderJob, scene: SceneDir, model: Lazy, tick: Tick) -> dict[str, Any]:
+        import torch
 
-            out = s.path("keyframe.png")
-            prompt = keyframe_prompt(s.scene.image_prompt, s.scene.on_camera, ws.token)
-            pipe = flux_pipe.get()
-            # Off-camera scenes are b-roll: the likeness must not leak into them.
-            pipe.set_adapters([ADAPTER], adapter_weights=[strength if s.scene.on_camera else 0.0])
-            image = pipe(prompt, width=width, height=height, num_inference_steps=k.steps, guidance_scale=k.guidance,
-                         max_sequence_length=k.max_sequence_length,
-                         generator=torch.Generator("cpu").manual_seed(seeds[s.label])).images[0]
-            with atomic_path(out) as tmp:
-                image.save(tmp, format="PNG")
-            mark_fresh(out, keys[s.label], seed=seeds[s.label], prompt=prompt)
-            progress.advance(1)
-    return {**result, "seeds": seeds, "lora": str(lora), "lora_strength": strength}
+        k, (width, height) = job.settings.keyframes, job.settings.keyframe_size()
+        pipe, seed, prompt = model.get(), self.seed(job, scene), self.prompt(job, scene)
+        # Off-camera scenes are b-roll: the likeness must not leak into them.
+        pipe.set_adapters([ADAPTER], adapter_weights=[self.strength if scene.scene.on_camera else 0.0])
+        image = pipe(prompt, width=width, height=height, num_inference_steps=k.steps, guidance_scale=k.guidance,
+                     max_sequence_length=k.max_sequence_length, callback_on_step_end=step_callback(tick),
+                     generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+        with atomic_path(scene.path(self.output)) as tmp:
+            image.save(tmp, format="PNG")
+        return {"seed": seed, "prompt": prompt}
+
+    def summary(self, job: RenderJob) -> dict[str, Any]:
+        return {"seeds": {s.label: self.seed(job, s) for s in self.scenes(job)}, "lora": str(self.lora),
+                "lora_strength": self.strength}

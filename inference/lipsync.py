@@ -15,34 +15,33 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Protocol
-
-from pydantic import BaseModel, ConfigDict
+from typing import TYPE_CHECKING, Any, Protocol
 
 from persona.errors import PersonaError
-from persona.files import atomic_path
+from persona.files import atomic_path, hash_json
+from persona.inference.memory import Lazy
+from persona.inference.plan import LipsyncSettings, SceneDir, scene_seed
+from persona.inference.stage import RenderJob, Stage, Tick
 from persona.media import read_audio, write_audio
 from persona.models import find
+from persona.progress import warn
+
+if TYPE_CHECKING:
+    from persona.workspace import Workspace
 
 SYNC_RATE = 16000  # LatentSync's audio encoder (Whisper) takes 16 kHz
 
 
-class LipsyncSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
-    steps: int = 20
-    guidance: float = 1.5
-    deepcache: bool = True
-    # relative to the checkout; None picks configs/unet/stage2_512.yaml (1.6) or stage2.yaml (1.5)
-    unet_config: str | None = None
-    checkpoint: str = "checkpoints/latentsync_unet.pt"
-    python: str | None = None  # LatentSync's interpreter; None: $PERSONA_LATENTSYNC_PYTHON or <checkout>/.venv
-    timeout_seconds: float = 3600
-
-
 class LipSyncer(Protocol):
     name: str
+
+    def identity(self) -> str:
+        """What goes into the cache key: the model (or checkout) and its configuration."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What render.json records about it."""
+        ...
 
     def sync(self, video: Path, audio: Path, out: Path, seed: int) -> None: ...
 
@@ -80,6 +79,12 @@ class LatentSync:
         raise PersonaError("no UNet config found in the LatentSync checkout", file=self.checkout / "configs" / "unet",
                            fix="check out LatentSync 1.5 or 1.6")
 
+    def identity(self) -> str:
+        return hash_json([str(self.checkout), self.unet_config])
+
+    def describe(self) -> dict[str, Any]:
+        return {"unet_config": self.unet_config}
+
     def command(self, seed: int) -> list[str]:
         s = self.settings
         cmd = [str(self.python), "-m", "scripts.inference",
@@ -115,7 +120,7 @@ class LatentSync:
                 shutil.copyfile(result, part)
 
 
-def lipsyncer(ws: Any, settings: LipsyncSettings) -> LipSyncer | None:
+def lipsyncer(ws: Workspace, settings: LipsyncSettings) -> LipSyncer | None:
     """The configured lip syncer, or None when lip sync is off or no checkout is set up."""
     if not settings.enabled:
         return None
@@ -128,41 +133,46 @@ def lipsyncer(ws: Any, settings: LipsyncSettings) -> LipSyncer | None:
     return LatentSync(found.path, settings)
 
 
-def lipsync_key(scene: Any, syncer: LatentSync, settings: Any) -> str:
-    from persona.files import hash_json
+class LipsyncStage(Stage):
+    """On-camera scenes get their mouths re-animated to the narration (progress in frames)."""
 
-    video, narration = scene.record("video.mp4").get("key"), scene.record("narration.wav").get("key")
-    return hash_json(["lipsync", video, narration, str(syncer.checkout), syncer.unet_config,
-                      settings.lipsync.model_dump(exclude={"python", "timeout_seconds"}), settings.seed])
+    name, output = "lipsync", "synced.mp4"
 
+    def __init__(self, job: RenderJob):
+        settings = job.settings.lipsync
+        self.syncer = lipsyncer(job.ws, settings)
+        self.model = self.syncer.name if self.syncer else ""
+        self.skipped: str | None = None
+        if self.syncer is None:
+            self.skipped = "off in the render settings" if not settings.enabled else \
+                "LatentSync is not configured (PERSONA_LATENTSYNC or [models] latentsync; see `persona doctor`)"
+            if settings.enabled and any(s.scene.on_camera for s in job.scenes):
+                warn(f"lip sync skipped: {self.skipped}; on-camera scenes keep their unsynced video", once=True)
 
-def run(scenes: list[Any], ws: Any, settings: Any, loads: dict[str, int], progress: Any) -> dict[str, Any]:
-    """Sync every on-camera scene whose synced.mp4 is stale; without LatentSync, say so once."""
-    from persona.files import is_fresh, mark_fresh
-    from persona.inference.plan import scene_seed
-    from persona.progress import warn
+    def scenes(self, job: RenderJob) -> list[SceneDir]:
+        return [s for s in job.scenes if s.scene.on_camera] if self.syncer else []
 
-    on_camera = [s for s in scenes if s.scene.on_camera]
-    syncer = lipsyncer(ws, settings.lipsync)
-    if syncer is None:
-        reason = "off in the render settings" if not settings.lipsync.enabled else \
-            "LatentSync is not configured (PERSONA_LATENTSYNC or [models] latentsync; see `persona doctor`)"
-        if on_camera and settings.lipsync.enabled:
-            warn(f"lip sync skipped: {reason}; on-camera scenes keep their unsynced video", once=True)
-        progress.advance(len(scenes))
-        return {"synced": [], "skipped": reason, "rendered": [], "reused": []}
-    rendered, reused = [], []
-    for s in scenes:
-        if s.scene.on_camera:
-            key = lipsync_key(s, syncer, settings)
-            if is_fresh(s.path("synced.mp4"), key):
-                reused.append(s.label)
-            else:
-                seed = scene_seed(settings.seed, "lipsync", s.scene.narration)
-                syncer.sync(s.path("video.mp4"), s.path("narration.wav"), s.path("synced.mp4"), seed)
-                mark_fresh(s.path("synced.mp4"), key, seed=seed, tool=syncer.name)
-                loads[syncer.name] = loads.get(syncer.name, 0) + 1  # one external process per scene
-                rendered.append(s.label)
-        progress.advance(1)
-    return {"synced": [s.label for s in on_camera], "skipped": None, "rendered": rendered, "reused": reused,
-            "tool": syncer.name, "unet_config": syncer.unet_config}
+    def key(self, job: RenderJob, scene: SceneDir) -> str:
+        assert self.syncer is not None
+        video, narration = scene.record("video.mp4").get("key"), scene.record("narration.wav").get("key")
+        return hash_json(["lipsync", video, narration, self.syncer.identity(),
+                          job.settings.lipsync.model_dump(exclude={"python", "timeout_seconds"}), job.settings.seed])
+
+    def work(self, job: RenderJob, scene: SceneDir) -> float:
+        return scene.record("video.mp4").get("frames") or 1
+
+    def load(self, job: RenderJob) -> LipSyncer | None:
+        return self.syncer
+
+    def make(self, job: RenderJob, scene: SceneDir, model: Lazy, tick: Tick) -> dict[str, Any]:
+        seed = scene_seed(job.settings.seed, "lipsync", scene.scene.narration)
+        model.get().sync(scene.path("video.mp4"), scene.path("narration.wav"), scene.path(self.output), seed)
+        tick(self.work(job, scene))
+        return {"seed": seed, "tool": self.model}
+
+    def summary(self, job: RenderJob) -> dict[str, Any]:
+        synced = [s.label for s in self.scenes(job)]
+        job.notes["synced"] = synced
+        if self.syncer is None:
+            return {"synced": [], "skipped": self.skipped}
+        return {"synced": synced, "skipped": None, "tool": self.syncer.name, **self.syncer.describe()}

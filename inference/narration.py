@@ -11,24 +11,23 @@ from typing import Any
 
 import numpy as np
 
-from persona.files import hash_file, hash_json, mark_fresh
+from persona.files import hash_file, hash_json
 from persona.inference.memory import Lazy
-from persona.inference.plan import SceneDir, frames_for, scene_seed
+from persona.inference.plan import RenderSettings, SceneDir, frames_for, scene_seed
 from persona.inference.speech import SAMPLE_RATE, Voice, VoiceFiles
+from persona.inference.stage import RenderJob, Stage, Tick
 from persona.media import write_audio
+from persona.models import model_identity
 
 
 def voice_identity(files: VoiceFiles) -> str:
-    return hash_json([hash_file(files.checkpoint), hash_file(files.reference_audio), files.reference_text])
+    """The voice by content: a retrained checkpoint has the same name and size as the old one."""
+    return hash_json([hash_file(files.checkpoint), hash_file(files.reference_audio), files.reference_text,
+                      model_identity(files.vocoder)])
 
 
-def narration_key(scene: SceneDir, voice_id: str, settings: Any) -> str:
-    n = settings.narration
-    return hash_json(["narration", scene.scene.narration, voice_id, settings.seed, n.model_dump(),
-                      settings.video.fps])
-
-
-def speak_scene(voice: Voice, scene: SceneDir, settings: Any) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def speak_scene(voice: Voice, scene: SceneDir, settings: RenderSettings, tick: Tick = lambda n: None
+                ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     n = settings.narration
     silence = lambda s: np.zeros(int(round(s * SAMPLE_RATE)), np.float32)  # noqa: E731
     parts, cues, t = [silence(n.lead_in)], [], n.lead_in
@@ -41,6 +40,7 @@ def speak_scene(voice: Voice, scene: SceneDir, settings: Any) -> tuple[np.ndarra
         if i < len(sentences) - 1:
             parts.append(silence(n.sentence_pause))
             t += n.sentence_pause
+        tick(1)
     parts.append(silence(n.tail))
     audio = np.concatenate(parts)
     # Pad to whole video frames: 24 kHz / 16 fps = 1500 samples per frame, so this is exact.
@@ -54,19 +54,33 @@ def timing(scene: SceneDir) -> dict[str, Any]:
     return scene.record("narration.wav")
 
 
-def run(voice_files: VoiceFiles, settings: Any, rdir: Any, loads: dict[str, int], progress: Any) -> dict[str, Any]:
-    """Narrate every scene whose narration is stale; returns {rendered, moved, reused, seconds}."""
-    voice_id = voice_identity(voice_files)
-    keys = {s.label: narration_key(s, voice_id, settings) for s in rdir.scenes}
-    make, result = rdir.scenes_to_make("narration.wav", keys)
-    progress.advance(len(rdir.scenes) - len(make))
-    with Lazy(lambda: Voice(voice_files), "f5-tts", loads) as voice:
-        for s in make:
-            audio, cues = speak_scene(voice.get(), s, settings)
-            seconds = len(audio) / SAMPLE_RATE
-            write_audio(s.path("narration.wav"), audio, SAMPLE_RATE)
-            # The record holds the timing later stages need: frames for the video, cues for subtitles.
-            mark_fresh(s.path("narration.wav"), keys[s.label], seconds=seconds, fps=settings.video.fps, cues=cues,
-                       frames=frames_for(seconds, settings.video.fps))
-            progress.advance(1)
-    return {**result, "seconds": [timing(s)["seconds"] for s in rdir.scenes]}
+class NarrationStage(Stage):
+    """Every scene's narration in the pack's voice, one sentence at a time (progress in sentences)."""
+
+    name, output, model = "narration", "narration.wav", "f5-tts"
+
+    def __init__(self, voice: VoiceFiles):
+        self.voice = voice
+        self.voice_id = voice_identity(voice)
+
+    def key(self, job: RenderJob, scene: SceneDir) -> str:
+        n = job.settings.narration
+        return hash_json(["narration", scene.scene.narration, self.voice_id, job.settings.seed, n.model_dump(),
+                          job.settings.video.fps])
+
+    def work(self, job: RenderJob, scene: SceneDir) -> float:
+        return len(scene.scene.sentences())
+
+    def load(self, job: RenderJob) -> Voice:
+        return Voice(self.voice)
+
+    def make(self, job: RenderJob, scene: SceneDir, model: Lazy, tick: Tick) -> dict[str, Any]:
+        audio, cues = speak_scene(model.get(), scene, job.settings, tick)
+        seconds = len(audio) / SAMPLE_RATE
+        write_audio(scene.path(self.output), audio, SAMPLE_RATE)
+        fps = job.settings.video.fps
+        # The record holds the timing later stages need: frames for the video, cues for subtitles.
+        return {"seconds": seconds, "fps": fps, "cues": cues, "frames": frames_for(seconds, fps)}
+
+    def summary(self, job: RenderJob) -> dict[str, Any]:
+        return {"seconds": [timing(s)["seconds"] for s in job.scenes]}

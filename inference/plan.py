@@ -10,6 +10,7 @@ inserting one scene leaves the others' seeds (and outputs) alone.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,9 +18,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from persona.device import gpu_memory, largest_fitting
+from persona.errors import PersonaError
 from persona.files import atomic_path, hash_json, is_fresh, mark_fresh, read_json, record_path
-from persona.inference.finish import FinishSettings
-from persona.inference.lipsync import LipsyncSettings
 from persona.inference.script import Scene, ScriptSettings
 
 PROFILES_GB = (12, 16, 24, 48, 80)
@@ -98,6 +98,31 @@ class AssemblySettings(BaseModel):
     consent_reference: bool = False  # put the consent record's path/URL into the Content Credentials
 
 
+class LipsyncSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    steps: int = 20
+    guidance: float = 1.5
+    deepcache: bool = True
+    # relative to the checkout; None picks configs/unet/stage2_512.yaml (1.6) or stage2.yaml (1.5)
+    unet_config: str | None = None
+    checkpoint: str = "checkpoints/latentsync_unet.pt"
+    python: str | None = None  # LatentSync's interpreter; None: $PERSONA_LATENTSYNC_PYTHON or <checkout>/.venv
+    timeout_seconds: float = 3600
+
+
+class FinishSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    fps: int = Field(default=32, ge=1)
+    interpolation: Literal["auto", "film", "minterpolate", "none"] = "auto"  # auto: FILM if configured
+    output_height: int = Field(default=1080, ge=16)  # the short side: 720 or 1080 for HD
+    upscale: Literal["auto", "model", "lanczos"] = "auto"  # auto: the [models] upscaler if configured
+    tile: int = Field(default=256, ge=16)
+    tile_overlap: int = Field(default=16, ge=0)
+
+
 class RenderSettings(BaseModel):
     """Everything a render depends on besides the pack and the script; recipes/render/*.toml override it."""
 
@@ -129,6 +154,25 @@ def detect_profile() -> str:
     if have is None:
         return "cpu"
     return f"{largest_fitting(list(PROFILES_GB), have) or PROFILES_GB[0]}gb"
+
+
+def check_profile(settings: RenderSettings) -> None:
+    """Refuse, before any work, a GPU profile this machine cannot run (no CUDA, or too little memory):
+    otherwise it fails minutes later, inside FLUX or Wan, with a low-level error."""
+    import re
+
+    match = re.fullmatch(r"(\d+)gb", settings.profile)
+    if not match:
+        return
+    need = int(match.group(1))
+    have, gpu = gpu_memory()
+    if have is None:
+        raise PersonaError(f"render profile {settings.profile} needs a CUDA GPU with {need} GB, and none was found",
+                           fix="render on a machine with an NVIDIA GPU, or pass --profile cpu (practical only with "
+                               "the tiny test models)")
+    if largest_fitting([need], have) is None:
+        raise PersonaError(f"render profile {settings.profile} is planned for {need} GB of GPU memory, and this GPU "
+                           f"({gpu}) has {have:.1f} GB", fix=f"use --profile {detect_profile()} (or --profile auto)")
 
 
 def scene_seed(base: int, *content: Any) -> int:
@@ -190,20 +234,23 @@ class RenderDir:
     def record(self) -> Path:
         return self.root / "render.json"
 
-    def scenes_to_make(self, filename: str, keys: dict[str, str]) -> tuple[list[SceneDir], dict[str, list[str]]]:
-        """The scenes whose `filename` must be made now, and which scenes were "reused" (fresh),
-        "moved" (made earlier under another scene number, before a scene was inserted or deleted, and
-        copied into place) and are to be "rendered". `keys` holds each scene's inputs hash."""
-        stale = [s for s in self.scenes if not is_fresh(s.path(filename), keys[s.label])]
+    def scenes_to_make(self, filename: str, keys: dict[str, str], scenes: list[SceneDir] | None = None
+                       ) -> tuple[list[SceneDir], dict[str, list[str]]]:
+        """Of `scenes` (default: all), the ones whose `filename` must be made now, and which were
+        "reused" (fresh), "moved" (made earlier under another scene number, before a scene was
+        inserted or deleted, and copied into place) and are to be "rendered". `keys` holds each
+        scene's inputs hash."""
+        scenes = self.scenes if scenes is None else scenes
+        stale = [s for s in scenes if not is_fresh(s.path(filename), keys[s.label])]
         # Set aside copies first: putting one in place may overwrite another that is wanted elsewhere.
-        stash = self.root / ".reuse" / filename
+        # The stash is private to this run, so a second command never deletes the first one's copies.
+        stash = Path(tempfile.mkdtemp(prefix=".reuse-", dir=self.root))
         found: dict[str, tuple[Path, dict[str, Any]]] = {}
         wanted = {keys[s.label] for s in stale}
         for rec in sorted(self.root.glob(f"scenes/*/{filename}.json")):
             record = read_json(rec) or {}
             key, src = record.get("key"), rec.with_name(filename)
             if key in wanted and key not in found and src.exists():
-                stash.mkdir(parents=True, exist_ok=True)
                 kept = stash / f"{key}{src.suffix}"
                 shutil.copyfile(src, kept)
                 info = {k: v for k, v in record.items() if k not in ("key", "copied_from")}
@@ -222,5 +269,5 @@ class RenderDir:
                 moved.append(s.label)
         finally:
             shutil.rmtree(stash, ignore_errors=True)
-        return make, {"reused": [s.label for s in self.scenes if s not in stale], "moved": moved,
+        return make, {"reused": [s.label for s in scenes if s not in stale], "moved": moved,
                       "rendered": [s.label for s in make]}

@@ -1,28 +1,42 @@
-"""`persona render`: topic -> script -> narration -> keyframes -> video -> final.mp4.
+"""`persona render`: topic -> script -> narration -> keyframes -> video -> lip sync -> finish -> final.mp4.
 
 Stage-major: each stage runs over all scenes, loading its model once (and only if some scene needs
-it) and freeing it before the next stage, because VRAM is the scarce resource. Every artifact is
-keyed by the hash of its inputs, so a re-render redoes only what changed and a killed render
-resumes where it stopped. render.json records models, seeds, settings, timings and what each
-stage rendered or reused; it is rewritten after every stage.
+it) and freeing it before the next stage, because VRAM is the scarce resource. The per-scene stages
+share one runner (inference/stage.py): every artifact is keyed by the hash of its inputs, so a
+re-render redoes only what changed and a killed render resumes where it stopped. render.json
+records models, seeds, settings, timings and what each stage rendered or reused; it is rewritten
+after every stage.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import errno
+import re
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from persona.config import prompt_text, resolve_settings
 from persona.errors import PersonaError
 from persona.files import hash_json, is_fresh, mark_fresh, write_json, write_text
-from persona.inference import assemble, finish, keyframes, lipsync, narration, video
-from persona.inference.plan import STAGES, RenderDir, RenderSettings, SceneDir, detect_profile
+from persona.inference import assemble
+from persona.inference.finish import FinishStage
+from persona.inference.keyframes import KeyframeStage
+from persona.inference.lipsync import LipsyncStage
+from persona.inference.narration import NarrationStage
+from persona.inference.plan import STAGES, RenderDir, RenderSettings, SceneDir, check_profile, detect_profile
 from persona.inference.script import Script, load_script, make_backend, messages_for, read_topic, write_script
 from persona.inference.speech import VoiceFiles
+from persona.inference.stage import RenderJob, Stage, disk_full_is_kept, run_stage
+from persona.inference.video import VideoStage
 from persona.progress import info, meter
+
+if TYPE_CHECKING:
+    from persona.workspace import Workspace
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,99}$")
 
 
 def load_settings(profile: str | None, overrides: dict[str, Any] | None = None) -> RenderSettings:
@@ -31,13 +45,27 @@ def load_settings(profile: str | None, overrides: dict[str, Any] | None = None) 
     return resolve_settings(RenderSettings, "render", name, overrides)
 
 
-def obtain_script(ws: Any, rdir: RenderDir, topic: Path | None, script_file: Path | None,
+def render_name(name: str | None, topic: Path | None, script_file: Path | None) -> str:
+    """The render folder's name: one plain folder name under renders/, never a path."""
+    name = name if name is not None else (topic or script_file or Path("render")).stem
+    if not _NAME.match(name) or name in (".", "..") or name.endswith((" ", ".")):
+        raise PersonaError(f"--name {name!r} is not a plain folder name",
+                           fix="use letters, digits, spaces, dots, dashes or underscores, without slashes "
+                               "(e.g. --name my-topic)")
+    return name
+
+
+def obtain_script(ws: Workspace, rdir: RenderDir, topic: Path | None, script_file: Path | None,
                   settings: RenderSettings, loads: dict[str, int]) -> tuple[Script, dict[str, Any]]:
     """The script to render: --script FILE, else the render's own script.json (kept, edits and all,
-    while the topic and prompt are unchanged), else a new one from the LLM."""
+    while the topic and prompt are unchanged), else a new one from the LLM. A script.json that would
+    be replaced is kept as script.previous.json: it may hold the user's edits."""
     if script_file is not None:
         script = load_script(script_file)
-        write_text(rdir.script, script.model_dump_json(indent=2))
+        text = script.model_dump_json(indent=2)
+        if rdir.script.exists() and rdir.script.read_text(encoding="utf-8") != text:
+            _keep_previous(rdir, "--script gives another script")
+        write_text(rdir.script, text)
         return script, {"source": str(script_file)}
     prompt, prompt_path = prompt_text("script", ws.root)
     if topic is None:
@@ -50,10 +78,8 @@ def obtain_script(ws: Any, rdir: RenderDir, topic: Path | None, script_file: Pat
     key = hash_json(["script", text, prompt, s.model_dump(exclude={"api_key"}), settings.seed])
     if is_fresh(rdir.script, key):
         return load_script(rdir.script), {"source": "kept"}
-    if rdir.script.exists():
-        rdir.script.replace(rdir.root / "script.previous.json")
-        info(f"the topic or script settings changed; the previous script is kept as {rdir.root / 'script.previous.json'}")
     backend = make_backend(s, settings.seed, ws.pack.models)
+    model = getattr(backend, "model_name", s.model)
     if s.backend == "transformers":
         loads["llm"] = loads.get("llm", 0) + 1
     try:
@@ -61,12 +87,20 @@ def obtain_script(ws: Any, rdir: RenderDir, topic: Path | None, script_file: Pat
     finally:
         if hasattr(backend, "close"):
             backend.close()
+    if rdir.script.exists():
+        _keep_previous(rdir, "the topic or script settings changed")
     write_text(rdir.script, script.model_dump_json(indent=2))
-    mark_fresh(rdir.script, key, backend=s.backend, model=s.model, attempts=attempts, prompt=str(prompt_path))
-    return script, {"source": "llm", "backend": s.backend, "model": s.model, "attempts": attempts}
+    mark_fresh(rdir.script, key, backend=s.backend, model=model, attempts=attempts, prompt=str(prompt_path))
+    return script, {"source": "llm", "backend": s.backend, "model": model, "attempts": attempts}
 
 
-def preflight(ws: Any) -> VoiceFiles:
+def _keep_previous(rdir: RenderDir, why: str) -> None:
+    kept = rdir.root / "script.previous.json"
+    rdir.script.replace(kept)
+    info(f"{why}; the previous script is kept as {kept}")
+
+
+def preflight(ws: Workspace) -> VoiceFiles:
     """Fail before any heavy work when the pack lacks what a stage needs."""
     missing = []
     if ws.pack.voice is None:
@@ -78,70 +112,92 @@ def preflight(ws: Any) -> VoiceFiles:
     return VoiceFiles.from_workspace(ws)
 
 
-def render(ws: Any, topic: Path | None = None, *, script_file: Path | None = None, name: str | None = None,
+def sweep(rdir: RenderDir) -> None:
+    """Remove what killed runs left behind: half-written temp files and private reuse stashes (a
+    render holds the workspace, so none of them belongs to a running command)."""
+    for part in [*rdir.root.rglob(".*.part"), *rdir.root.glob(".final.*.unsigned.mp4")]:
+        part.unlink(missing_ok=True)
+    for stash in rdir.root.glob(".reuse*"):
+        shutil.rmtree(stash, ignore_errors=True)
+
+
+def sweep_chunks(scenes: list[SceneDir]) -> None:
+    """Wan chunks are kept only to resume an unfinished scene; once its video is made they are waste."""
+    for s in scenes:
+        if s.path("video.mp4").exists():
+            for chunk in s.folder.glob("video.chunk*"):
+                chunk.unlink(missing_ok=True)
+
+
+def render(ws: Workspace, topic: Path | None = None, *, script_file: Path | None = None, name: str | None = None,
            profile: str | None = None, overrides: dict[str, Any] | None = None, until: str | None = None) -> dict[str, Any]:
     consent = ws.require_consent("rendering")
     if until is not None and until not in STAGES:
         raise PersonaError(f"unknown stage {until!r}", fix=f"use one of: {', '.join(STAGES)}")
     settings = load_settings(profile, overrides)
-    name = name or (topic or script_file or Path("render")).stem
+    check_profile(settings)
+    name = render_name(name, topic, script_file)
     rdir = RenderDir(ws.root / "renders" / name)
-    rdir.root.mkdir(parents=True, exist_ok=True)
     voice_files = preflight(ws)
-    loads: dict[str, int] = {}
+    created = not rdir.root.exists()
+    rdir.root.mkdir(parents=True, exist_ok=True)
+    sweep(rdir)
+    job = RenderJob(ws, settings, rdir)
     record: dict[str, Any] = {
         "name": name, "persona": ws.name, "consent": consent.summary(), "profile": settings.profile,
-        "started": dt.datetime.now().isoformat(timespec="seconds"), "settings": settings.model_dump(mode="json"),
-        "stages": {}, "model_loads": loads, "completed": False,
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "settings": settings.model_dump(mode="json", exclude={"script": {"api_key"}}),
+        "stages": {}, "model_loads": job.loads, "completed": False,
     }
 
-    def stage(label: str, fn, total: int) -> Any:
+    def timed(label: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         t0 = time.perf_counter()
-        try:
-            with meter(label, total) as m:
-                result = fn(m)
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise PersonaError(f"the disk is full (stage {label}); finished stages and scenes are kept",
-                                   file=rdir.root, fix="free some space and run the same command again") from None
-            raise
+        result = fn()
         result["seconds_taken"] = round(time.perf_counter() - t0, 3)
         record["stages"][label] = result
         write_json(rdir.record, record)
         return result
 
-    got: dict[str, Script] = {}
-
-    def script_stage(m: Any) -> dict[str, Any]:
-        got["script"], how = obtain_script(ws, rdir, topic, script_file, settings, loads)
-        record["title"] = got["script"].title
-        return {**how, "scenes": len(got["script"].scenes)}
-
-    stage("script", script_stage, 1)
-    script = got["script"]
+    try:
+        script, how = obtain_script(ws, rdir, topic, script_file, settings, job.loads)
+    except PersonaError:
+        if created and not any(rdir.root.iterdir()):
+            rdir.root.rmdir()  # a rejected script leaves no empty render folder behind
+        raise
+    record["title"] = script.title
+    timed("script", lambda: {**how, "scenes": len(script.scenes)})
     rdir.scenes = [SceneDir(i, sc, rdir.root / "scenes" / f"{i + 1:02d}") for i, sc in enumerate(script.scenes)]
     for s in rdir.scenes:
         s.folder.mkdir(parents=True, exist_ok=True)
-    n = len(rdir.scenes)
-    plan = [
-        ("narration", lambda m: narration.run(voice_files, settings, rdir, loads, m)),
-        ("keyframes", lambda m: keyframes.run(ws, settings, rdir, loads, m)),
-        ("video", lambda m: video.run(ws, settings, rdir, loads, m)),
-        ("lipsync", lambda m: lipsync.run(rdir.scenes, ws, settings, loads, m)),
-        ("finish", lambda m: finish.run(ws, settings, rdir, record["stages"]["lipsync"]["synced"], loads, m)),
-        ("assemble", lambda m: assemble.run(ws, settings, rdir, script.title)),
+
+    plan: list[tuple[str, Callable[[], Stage]]] = [
+        ("narration", lambda: NarrationStage(voice_files)),
+        ("keyframes", lambda: KeyframeStage(job)),
+        ("video", lambda: VideoStage(job)),
+        ("lipsync", lambda: LipsyncStage(job)),
+        ("finish", lambda: FinishStage(job)),
     ]
-    for label, fn in plan:
+    for label, make_stage in plan:
         if until is not None and STAGES.index(label) > STAGES.index(until):
             break
-        result = stage(label, fn, n)
+
+        def run(make_stage: Callable[[], Stage] = make_stage, label: str = label) -> dict[str, Any]:
+            with meter(label, None) as m:
+                return run_stage(job, make_stage(), m)
+
+        result = timed(label, run)
         if label == "narration":
             _check_durations(result["seconds"], settings)
+        if label == "video":
+            sweep_chunks(rdir.scenes)
+    if until is None or until == "assemble":
+        with disk_full_is_kept("assemble", rdir.root):
+            timed("assemble", lambda: assemble.run(ws, settings, rdir, script.title))
     record.update(completed=until is None or until == "assemble", finished=dt.datetime.now().isoformat(timespec="seconds"),
                   scenes=_scene_summary(rdir))
     write_json(rdir.record, record)
     return {"render": str(rdir.root), "final": str(rdir.root / "final.mp4") if record["completed"] else None,
-            "title": script.title, "scenes": n, "model_loads": loads,
+            "title": script.title, "scenes": len(rdir.scenes), "model_loads": job.loads,
             "stages": {k: {"rendered": v.get("rendered"), "reused": v.get("reused"), "moved": v.get("moved"),
                            "seconds": v["seconds_taken"]}
                        for k, v in record["stages"].items()}}

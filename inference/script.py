@@ -177,6 +177,7 @@ class TransformersBackend:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.seed, self.temperature, self.max_new_tokens = seed, temperature, max_new_tokens
+        self.model_name = str(model_path)  # what render.json records as the script's model
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype,

@@ -17,7 +17,7 @@ Chunks are cached one by one, so a render killed inside a long scene resumes at 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,12 +25,16 @@ from persona.errors import PersonaError
 from persona.files import hash_json, is_fresh, mark_fresh
 from persona.inference.memory import Lazy, load_pipeline
 from persona.inference.plan import SceneDir, chunk_lengths, scene_seed
+from persona.inference.stage import RenderJob, Stage, Tick, model_key, step_callback
 from persona.media import read_frames, write_video
 from persona.models import find, locate
 from persona.progress import warn
 
+if TYPE_CHECKING:
+    from persona.workspace import Workspace
 
-def resolve_model(ws: Any, anchor: str) -> tuple[str, Path, str]:
+
+def resolve_model(ws: Workspace, anchor: str) -> tuple[str, Path, str]:
     """(anchor actually used, checkpoint folder, registry key)."""
     if anchor == "first-last":
         flf = find("wan-flf2v", models=ws.pack.models)
@@ -48,73 +52,82 @@ def video_prompt(scene: Any) -> str:
     return f"{scene.image_prompt.rstrip('. ')}. {scene.motion_prompt}"
 
 
-def video_key(s: SceneDir, frames: int, anchor: str, model: Path, settings: Any) -> str:
-    keyframe = s.record("keyframe.png").get("key")
-    v = settings.video
-    return hash_json(["video", keyframe, video_prompt(s.scene), frames, anchor, str(model), settings.seed,
-                      settings.video_size(), v.steps, v.guidance, v.chunk_frames, v.negative_prompt,
-                      v.max_sequence_length, v.fps])
-
-
 def fit_keyframe(path: Path, size: tuple[int, int]):
     from PIL import Image, ImageOps
 
     return ImageOps.fit(Image.open(path).convert("RGB"), size, Image.Resampling.LANCZOS)
 
 
-def _chunk(wan: Lazy, s: SceneDir, j: int, length: int, image: Any, scene_key: str, anchor: str,
-           settings: Any) -> np.ndarray:
-    """Frames of chunk j of a scene (cached on disk, so a killed render resumes at the next chunk);
-    chunks after the first drop their opening frame under first-last anchoring (it is the keyframe
-    the previous chunk ended on)."""
-    import torch
+class VideoStage(Stage):
+    """Wan 2.1 animates each keyframe for as long as the scene's narration, chunk by chunk (each chunk
+    cached on disk, so a killed render resumes at its next chunk); progress in denoising steps."""
 
-    v = settings.video
-    chunk = s.path(f"video.chunk{j}.mp4")
-    key = hash_json([scene_key, j, length])
-    if not is_fresh(chunk, key):
-        width, height = settings.video_size()
-        seed = scene_seed(settings.seed, "video", video_prompt(s.scene), j)
-        out = wan.get()(image=image, last_image=image if anchor == "first-last" else None, prompt=video_prompt(s.scene),
-                        negative_prompt=v.negative_prompt, height=height, width=width, num_frames=length,
-                        num_inference_steps=v.steps, guidance_scale=v.guidance,
-                        max_sequence_length=v.max_sequence_length, output_type="np",
-                        generator=torch.Generator("cpu").manual_seed(seed)).frames[0]
-        write_video(chunk, (np.clip(out, 0, 1) * 255).round().astype(np.uint8), v.fps, crf=12)
-        mark_fresh(chunk, key, seed=seed, frames=length)
-    clip, _ = read_frames(chunk)
-    return clip if (j == 0 or anchor != "first-last") else clip[1:]
+    name, output = "video", "video.mp4"
 
+    def __init__(self, job: RenderJob):
+        self.anchor, self.path, self.model = resolve_model(job.ws, job.settings.video.anchor)
+        self.model_id = model_key(self.path)
 
-def run(ws: Any, settings: Any, rdir: Any, loads: dict[str, int], progress: Any) -> dict[str, Any]:
-    v = settings.video
-    anchor, model, model_key = resolve_model(ws, v.anchor)
-    frames = {s.label: s.record("narration.wav")["frames"] for s in rdir.scenes}
-    keys = {s.label: video_key(s, frames[s.label], anchor, model, settings) for s in rdir.scenes}
-    make, result = rdir.scenes_to_make("video.mp4", keys)
-    width, height = settings.video_size()
-    plans = {s.label: chunk_lengths(frames[s.label], v.chunk_frames, anchor) for s in make}
-    progress.update(0, total=sum(len(p) for p in plans.values()) or 1)  # counted in Wan calls
+    def frames(self, scene: SceneDir) -> int:
+        return scene.record("narration.wav")["frames"]
 
-    def load() -> Any:
+    def chunks(self, job: RenderJob, scene: SceneDir) -> list[int]:
+        return chunk_lengths(self.frames(scene), job.settings.video.chunk_frames, self.anchor)
+
+    def key(self, job: RenderJob, scene: SceneDir) -> str:
+        keyframe = scene.record("keyframe.png").get("key")
+        v = job.settings.video
+        return hash_json(["video", keyframe, video_prompt(scene.scene), self.frames(scene), self.anchor, self.model_id,
+                          job.settings.seed, job.settings.video_size(), v.steps, v.guidance, v.chunk_frames,
+                          v.negative_prompt, v.max_sequence_length, v.fps])
+
+    def work(self, job: RenderJob, scene: SceneDir) -> float:
+        return len(self.chunks(job, scene)) * job.settings.video.steps
+
+    def load(self, job: RenderJob) -> Any:
         from diffusers import WanImageToVideoPipeline  # seconds to import: only when a scene is animated
 
-        return load_pipeline(WanImageToVideoPipeline, model, v.memory)
+        return load_pipeline(WanImageToVideoPipeline, self.path, job.settings.video.memory)
 
-    with Lazy(load, model_key, loads) as wan:
-        for s in make:
-            image = fit_keyframe(s.path("keyframe.png"), (width, height))
-            clips = []
-            for j, length in enumerate(plans[s.label]):
-                clips.append(_chunk(wan, s, j, length, image, keys[s.label], anchor, settings))
-                progress.advance(1)
-            joined = np.concatenate(clips)[: frames[s.label]]
-            if len(joined) < frames[s.label]:
-                raise PersonaError(f"scene {s.label}: Wan returned {len(joined)} frames, {frames[s.label]} needed",
-                                   file=s.path("video.mp4"))
-            write_video(s.path("video.mp4"), joined, v.fps, crf=settings.assembly.crf)
-            mark_fresh(s.path("video.mp4"), keys[s.label], frames=len(joined), chunks=plans[s.label], anchor=anchor)
-            for j in range(len(plans[s.label])):
-                s.path(f"video.chunk{j}.mp4").unlink(missing_ok=True)
-                s.path(f"video.chunk{j}.mp4.json").unlink(missing_ok=True)
-    return {**result, "anchor": anchor, "model": str(model), "chunks": plans}
+    def make(self, job: RenderJob, scene: SceneDir, model: Lazy, tick: Tick) -> dict[str, Any]:
+        v, frames, plan = job.settings.video, self.frames(scene), self.chunks(job, scene)
+        image = fit_keyframe(scene.path("keyframe.png"), job.settings.video_size())
+        scene_key = self.key(job, scene)
+        clips = [self._chunk(job, model, scene, j, length, image, scene_key, tick) for j, length in enumerate(plan)]
+        joined = np.concatenate(clips)[:frames]
+        if len(joined) < frames:
+            raise PersonaError(f"scene {scene.label}: Wan returned {len(joined)} frames, {frames} needed",
+                               file=scene.path(self.output))
+        write_video(scene.path(self.output), joined, v.fps, crf=job.settings.assembly.crf)
+        for j in range(len(plan)):
+            scene.path(f"video.chunk{j}.mp4").unlink(missing_ok=True)
+            scene.path(f"video.chunk{j}.mp4.json").unlink(missing_ok=True)
+        return {"frames": len(joined), "chunks": plan, "anchor": self.anchor}
+
+    def _chunk(self, job: RenderJob, wan: Lazy, s: SceneDir, j: int, length: int, image: Any, scene_key: str,
+               tick: Tick) -> np.ndarray:
+        """Frames of chunk j of a scene (cached on disk); chunks after the first drop their opening
+        frame under first-last anchoring (it is the keyframe the previous chunk ended on)."""
+        import torch
+
+        v = job.settings.video
+        chunk = s.path(f"video.chunk{j}.mp4")
+        key = hash_json([scene_key, j, length])
+        if is_fresh(chunk, key):
+            tick(v.steps)
+        else:
+            width, height = job.settings.video_size()
+            seed = scene_seed(job.settings.seed, "video", video_prompt(s.scene), j)
+            out = wan.get()(image=image, last_image=image if self.anchor == "first-last" else None,
+                            prompt=video_prompt(s.scene), negative_prompt=v.negative_prompt, height=height,
+                            width=width, num_frames=length, num_inference_steps=v.steps, guidance_scale=v.guidance,
+                            max_sequence_length=v.max_sequence_length, output_type="np",
+                            callback_on_step_end=step_callback(tick),
+                            generator=torch.Generator("cpu").manual_seed(seed)).frames[0]
+            write_video(chunk, (np.clip(out, 0, 1) * 255).round().astype(np.uint8), v.fps, crf=12)
+            mark_fresh(chunk, key, seed=seed, frames=length)
+        clip, _ = read_frames(chunk)
+        return clip if (j == 0 or self.anchor != "first-last") else clip[1:]
+
+    def summary(self, job: RenderJob) -> dict[str, Any]:
+        return {"anchor": self.anchor, "model": str(self.path)}

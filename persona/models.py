@@ -222,6 +222,26 @@ def f5_arch(checkpoint: Path) -> dict:
     return json.loads(sidecar.read_text())["arch"] if sidecar.exists() else f5_base_arch()
 
 
+SMALL_FILE = 64 << 20  # configs, tokenizers, small weights: hashed; larger shards: named and sized
+
+
+def model_identity(path: Path) -> str:
+    """What a model file or folder is, for cache keys: every file's name and size, and the contents
+    of the small ones (configs, tokenizers). Hashing tens of GB of shards on every render would cost
+    more than the caches save, and a shard of the same name and size in a changed snapshot comes
+    with a changed config or index beside it. A copy elsewhere keeps its identity."""
+    from persona.files import hash_file, hash_json
+
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    entries = []
+    for f in files:
+        size = f.stat().st_size
+        name = f.name if f == path else f.relative_to(path).as_posix()
+        entries.append([name, size, hash_file(f) if size <= SMALL_FILE else None])
+    return hash_json(entries)
+
+
 def spec(key: str) -> ModelSpec:
     try:
         return REGISTRY[key]
