@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 import numpy as np
 import tomlkit
-from rich.markup import escape
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -30,6 +29,7 @@ from persona.data import crops, frames, scan, select
 from persona import faces as fx
 from persona.errors import PersonaError
 from persona.files import hash_file, hash_json, is_fresh, mark_fresh, read_json, staged_dir, write_json, write_text
+from persona.lock import locked
 from persona.progress import info, meter, track, warn
 
 DATASET = "datasets/images"
@@ -99,6 +99,7 @@ class ImageSettings(BaseModel):
 
 
 # ------------------------------------------------------------------------------------------------
+@locked("ingest")
 def ingest_images(ws: Any, videos: list[Path], images: list[Path], settings: ImageSettings | None = None,
                   faces: list[Path] | tuple[Path, ...] = ()) -> dict[str, Any]:
     """Build `datasets/images` from footage; returns a summary for --json.
@@ -153,8 +154,8 @@ def _ingest(ws: Any, videos: list[Path], images: list[Path], settings: ImageSett
     ws.update("datasets", {"images": ws.relative(root)})
     if report.get("shortfall"):
         problems.append(report["shortfall"])
-    info(escape(f"{len(manifest)} images of {report.get('person', {}).get('description', 'the person')} in "
-                f"{ws.relative(root)} (captions: {captioner})"))
+    info(f"{len(manifest)} images of {report.get('person', {}).get('description', 'the person')} in "
+         f"{ws.relative(root)} (captions: {captioner})")
     return {
         "dataset": ws.relative(root), "images": len(manifest), "requested": settings.count,
         "person": report.get("person"), "captions": captioner, "reused_selection": reused,

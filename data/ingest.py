@@ -15,9 +15,13 @@ from persona.data.images import ImageSettings, ingest_images
 from persona.data.inputs import discover
 from persona.data.voice import VoiceIngestSettings, ingest_voice
 from persona.errors import PersonaError
+from persona.lock import locked
+from rich.markup import escape
+
 from persona.progress import console
 
 
+@locked("ingest")
 def ingest(ws: Any, paths: list[Path], *, faces: list[Path] = (), voices: list[Path] = (), images: bool = True,
            voice: bool = True, image_settings: ImageSettings | None = None,
            voice_settings: VoiceIngestSettings | None = None) -> dict[str, Any]:
@@ -44,7 +48,7 @@ def ingest(ws: Any, paths: list[Path], *, faces: list[Path] = (), voices: list[P
             summary[name] = run()
         except PersonaError as e:
             summary["failed"][name] = str(e)
-            console.print(f"[red]{name} side failed:[/red] {e}", markup=True, highlight=False)
+            console.print(f"[red]{name} side failed:[/red] {escape(str(e))}", markup=True, highlight=False)
     if not summary["images"] and not summary["voice"]:
         problems = "; ".join(f"{k}: {v}" for k, v in summary["failed"].items())
         raise PersonaError(f"no usable dataset resulted ({problems})", fix="see the messages above for each file")

@@ -45,8 +45,11 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message="Couldn't find ffmpeg or avconv")
 
 
-def info(message: str) -> None:
-    console.print(message)
+def info(message: str, markup: bool = False) -> None:
+    """A line for people. Plain text unless markup=True: paths and names may hold "[...]", which Rich
+    would read as markup (hiding the text, or failing on a stray closing tag). With markup=True the
+    caller escapes what it interpolates (rich.markup.escape)."""
+    console.print(message, markup=markup)
 
 
 def warn(message: str, once: bool = False) -> None:
@@ -81,7 +84,7 @@ def track(items: Iterable[T], description: str, total: float | None = None) -> I
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
     with _bar() as bar:
-        task = bar.add_task(description, total=total)
+        task = bar.add_task(escape(description), total=total)
         for item in items:
             yield item
             bar.advance(task)
@@ -99,13 +102,13 @@ class Meter:
 
     def advance(self, n: float = 1, **status: Any) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, advance=n, status=_format_status(status))
+            self._bar.update(self._task, advance=n, status=escape(_format_status(status)))
         else:
             self._log(self._done + n, status)
 
     def update(self, completed: float | None = None, total: float | None = None, **status: Any) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, completed=completed, total=total, status=_format_status(status))
+            self._bar.update(self._task, completed=completed, total=total, status=escape(_format_status(status)))
         else:
             self._total = total if total is not None else self._total
             self._log(completed if completed is not None else self._done, status)
@@ -139,7 +142,7 @@ def meter(description: str, total: float | None, completed: float = 0) -> Iterat
         yield Meter(None, None, description, total, completed)
         return
     with _bar("{task.fields[status]}") as bar:
-        task = bar.add_task(description, total=total, completed=completed, status="")
+        task = bar.add_task(escape(description), total=total, completed=completed, status="")
         yield Meter(bar, task)
 
 
