@@ -198,14 +198,20 @@ def _scan(ws: Any, sources: list[scan.Source], settings: ImageSettings, problems
 
 def _decode_problems(src: scan.Source) -> list[str]:
     a = src.analysis or {}
-    if not a.get("errors") and not a.get("truncated"):
+    if not a.get("errors") and not a.get("truncated") and a.get("samples"):
         return []
     first = a["errors"][0]["error"] if a.get("errors") else ""
     if src.kind == "image":
-        problem = PersonaError(first, file=src.path, fix="check it opens in an image viewer; re-export it as PNG")
-    elif not a["samples"]:
+        problem = PersonaError(first or "yielded no image to analyse", file=src.path,
+                               fix="check it opens in an image viewer; re-export it as PNG")
+    elif not a["samples"] and first:
         problem = PersonaError(f"cannot be decoded ({first})", file=src.path,
                                fix="check it plays; re-export it (e.g. as H.264 mp4)")
+    elif not a["samples"]:
+        # No decode error, yet not one frame came out (no video frames, or none before its end): skipped,
+        # and said so, rather than quietly leaving the file out.
+        problem = PersonaError("yielded no frames to analyse (0 samples), so it was skipped", file=src.path,
+                               fix="check it plays and has a picture; re-export it (e.g. as H.264 mp4)")
     elif a.get("truncated"):
         problem = PersonaError(f"is truncated or damaged at the end: only the first {a['scanned_until']:.1f} s of "
                                f"{a['duration']:.1f} s could be decoded (used)", file=src.path,

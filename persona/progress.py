@@ -43,6 +43,11 @@ def quiet_libraries() -> None:
     # torchcodec (f5-tts calls torchaudio.load), and pydub looking for an ffmpeg it never uses here.
     warnings.filterwarnings("ignore", message=r"In 2\.9, this function's implementation")
     warnings.filterwarnings("ignore", message="Couldn't find ffmpeg or avconv")
+    # torchaudio 2.8 marks most of its API as deprecated (whisperx, pyannote and f5-tts call it), and
+    # face_recognition_models and webrtcvad import pkg_resources, which setuptools warns about.
+    warnings.filterwarnings("ignore", message=r"torchaudio\..* has been deprecated")
+    warnings.filterwarnings("ignore", message=r".*TorchAudio into a maintenance phase")
+    warnings.filterwarnings("ignore", message=r"pkg_resources is deprecated as an API")
 
 
 def info(message: str, markup: bool = False) -> None:
