@@ -74,8 +74,9 @@ def is_main_process() -> bool:
 
 
 @contextlib.contextmanager
-def workspace_lock(ws: Any, verb: str) -> Iterator[None]:
-    """Hold the workspace's writing lock for the block, or raise WorkspaceBusy at once.
+def workspace_lock(ws: Any, verb: str, wait: float = 0.0) -> Iterator[None]:
+    """Hold the workspace's writing lock for the block, or raise WorkspaceBusy (at once, or after
+    `wait` seconds: a persona.toml update takes milliseconds and may wait for another one).
 
     `ws` is a Workspace (or anything with `.root`). Reentrant within one thread of one process.
     """
@@ -86,23 +87,25 @@ def workspace_lock(ws: Any, verb: str) -> Iterator[None]:
     me = threading.get_ident()
     with _guard:
         held = _held.get(root)
-        if held is not None and held.owner == me:
-            held.depth += 1
-            reentered = True
-        elif held is not None:
+        if held is not None and held.owner != me:
             raise WorkspaceBusy(held.verb, os.getpid(), held.since, lock_path(root))
-        else:
-            reentered = False
-            lock = FileLock(lock_path(root), timeout=0, thread_local=False)
-            try:
-                lock.acquire()
-            except Timeout:
-                who = holder(root) or {}
-                raise WorkspaceBusy(str(who.get("verb") or "another persona command"), who.get("pid"),
-                                    who.get("since"), lock_path(root)) from None
-            since = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        if held is not None:
+            held.depth += 1
+    reentered = held is not None
+    if not reentered:
+        # Outside the guard, so a wait does not hold up other threads; flock locks of two open files
+        # exclude each other within one process too, so two threads cannot both get here and win.
+        lock = FileLock(lock_path(root), timeout=wait, thread_local=False)
+        try:
+            lock.acquire()
+        except Timeout:
+            who = holder(root) or {}
+            raise WorkspaceBusy(str(who.get("verb") or "another persona command"), who.get("pid"),
+                                who.get("since"), lock_path(root)) from None
+        since = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        with _guard:
             _held[root] = held = _Held(lock, verb, me, since)
-            _write_info(root, verb, since)
+        _write_info(root, verb, since)
     try:
         yield
     finally:

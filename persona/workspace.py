@@ -21,6 +21,7 @@ from persona.files import write_text
 from persona.lock import workspace_lock
 
 MANIFEST = "persona.toml"
+UPDATE_WAIT = 10.0  # seconds an update outside a verb waits for another process's update
 
 # Common English words a person's name may also be; a trigger token equal to one of them would
 # tie the likeness to a concept the text encoders already know (e.g. "Will", "Rose", "Young").
@@ -221,7 +222,7 @@ class Workspace:
         The file is read afresh and written under the workspace lock, so a section another process
         wrote since this one loaded the pack is kept.
         """
-        with workspace_lock(self, "update persona.toml"):
+        with workspace_lock(self, "update persona.toml", wait=UPDATE_WAIT):
             return self._update(section, values, replace)
 
     def _update(self, section: str, values: dict[str, Any] | str | None, replace: bool) -> Pack:
