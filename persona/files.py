@@ -68,7 +68,7 @@ def _sweep_dead_stages(path: Path) -> None:
     for suffix in (".partial", ".old"):
         for leftover in path.parent.glob(f".{glob.escape(path.name)}.*-*{suffix}"):
             pid = leftover.name[len(path.name) + 2:].split("-", 1)[0]
-            if not pid.isdigit() or _alive(int(pid)):
+            if not pid.isdigit() or process_alive(int(pid)):
                 continue
             if suffix == ".old" and not path.exists():
                 os.replace(leftover, path)
@@ -76,7 +76,7 @@ def _sweep_dead_stages(path: Path) -> None:
                 shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -5,6 +5,8 @@ updates) holds `workspace_lock(ws, verb)`. A second job gets `WorkspaceBusy` at 
 racing the first one over the same files. The lock is an OS-level lock (filelock: `flock` on POSIX),
 which the kernel releases when its holder dies, so a lock left by a killed process is simply taken
 over; who holds it (verb, pid, start time) lives in a small JSON file beside it, for the message.
+filelock closes the lock's descriptor in forked children (data loader workers), so a child that
+outlives a killed holder does not keep the workspace locked.
 
 Within one process the lock is reentrant per thread (a verb may call another library function that
 locks too); another thread of the same process is refused like another process, so a web studio

@@ -76,6 +76,36 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(ws):
     assert not (ws.root / INFO_FILE).exists()
 
 
+ORPHAN = """
+import os, sys, time
+from types import SimpleNamespace
+from persona.lock import workspace_lock
+with workspace_lock(SimpleNamespace(root=sys.argv[1]), "train-voice"):
+    ready = sys.argv[1] + "/child-ready"
+    if os.fork() == 0:  # like a data loader worker, which outlives its parent a little
+        open(ready, "w").close()  # the fork's handlers have run
+        time.sleep(30)
+        os._exit(0)
+    while not os.path.exists(ready):
+        time.sleep(0.01)
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_forked_child_of_a_killed_holder_does_not_keep_the_lock(ws):
+    proc = subprocess.Popen([sys.executable, "-c", ORPHAN, str(ws.root)], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with workspace_lock(ws, "ingest"):  # while the child still runs
+            pass
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 def test_reentrant_in_one_thread_refused_in_another(ws):
     seen = []
     with workspace_lock(ws, "ingest"):
