@@ -22,6 +22,7 @@ import functools
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,7 +30,7 @@ from typing import Any, TypeVar
 from filelock import FileLock, Timeout
 
 from persona.errors import PersonaError
-from persona.files import write_json
+from persona.files import process_alive, write_json
 
 LOCK_FILE = ".persona.lock"
 INFO_FILE = ".persona.lock.json"
@@ -101,7 +102,7 @@ def workspace_lock(ws: Any, verb: str, wait: float = 0.0) -> Iterator[None]:
         try:
             lock.acquire()
         except Timeout:
-            who = holder(root) or {}
+            who = _current_holder(root)
             raise WorkspaceBusy(str(who.get("verb") or "another persona command"), who.get("pid"),
                                 who.get("since"), lock_path(root)) from None
         since = dt.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -121,6 +122,18 @@ def workspace_lock(ws: Any, verb: str, wait: float = 0.0) -> Iterator[None]:
                 with contextlib.suppress(OSError):
                     (root / INFO_FILE).unlink()
                 held.lock.release()
+
+
+def _current_holder(root: Path, patience: float = 2.0) -> dict[str, Any]:
+    """The holder's info; it is written just after the lock is taken, so a job refused in that moment
+    (or one reading a killed holder's stale info) waits a little for the new holder's."""
+    deadline = time.monotonic() + patience
+    while True:
+        who = holder(root) or {}
+        pid = who.get("pid")
+        if (isinstance(pid, int) and process_alive(pid)) or time.monotonic() > deadline:
+            return who
+        time.sleep(0.05)
 
 
 def _write_info(root: Path, verb: str, since: str) -> None:

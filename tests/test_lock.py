@@ -66,6 +66,32 @@ def test_a_second_process_is_refused_with_who_holds_it(ws):
         proc.wait()
 
 
+SLOW_INFO = """
+import json, os, sys, time
+from filelock import FileLock
+from persona.lock import INFO_FILE, LOCK_FILE
+with FileLock(os.path.join(sys.argv[1], LOCK_FILE)):
+    print("held", flush=True)
+    time.sleep(0.5)  # the moment between taking the lock and saying who holds it
+    with open(os.path.join(sys.argv[1], INFO_FILE), "w") as f:
+        json.dump({"verb": "render", "pid": os.getpid(), "since": "2026-01-01T10:00:00+00:00"}, f)
+    time.sleep(60)
+"""
+
+
+def test_refused_in_the_moment_the_holder_takes_the_lock_still_names_it(ws):
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_INFO, str(ws.root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(WorkspaceBusy) as e:
+            with workspace_lock(ws, "ingest"):
+                pass
+        assert e.value.pid == proc.pid and e.value.verb == "render", str(e.value)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_a_lock_left_by_a_killed_process_is_taken_over(ws):
     proc = hold(ws.root, "render")
     proc.send_signal(signal.SIGKILL)
