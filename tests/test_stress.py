@@ -130,7 +130,19 @@ def leftovers(root: Path) -> list[str]:
 
 
 # ---- the test ----------------------------------------------------------------------------------------
-def test_concurrent_jobs_and_kill_9_resumes(make_workspace, demo_footage, tmp_path):
+def workspace(root: Path, tiny_models: dict[str, Path]) -> Path:
+    """A workspace of one person (the same name, so the same trigger token and captions in all)."""
+    import datetime as dt
+
+    from persona.workspace import Consent, Workspace
+
+    consent = Consent(person="Stress Test", granted_by="Stress Test", date=dt.date(2025, 5, 1), scope="tests")
+    ws = Workspace.create(root, "Stress Test", consent=consent)
+    ws.update("models", {k: str(v) for k, v in tiny_models.items()}, replace=True)
+    return ws.root
+
+
+def test_concurrent_jobs_and_kill_9_resumes(tiny_models, demo_footage, tmp_path):
     rng = random.Random(SEED)
     (tmp_path / "images.toml").write_text(IMAGE_RECIPE)
     (tmp_path / "voice-ingest.toml").write_text(VOICE_INGEST_RECIPE)
@@ -143,7 +155,7 @@ def test_concurrent_jobs_and_kill_9_resumes(make_workspace, demo_footage, tmp_pa
               "--voice-recipe", str(tmp_path / "voice-ingest.toml"))
     train_voice = ("train-voice", "--recipe", str(tmp_path / "voice.toml"))
     train_lora = ("train-lora", "--recipe", str(tmp_path / "lora.toml"))
-    a, b, c = (make_workspace(name).root for name in ("Stress Alpha", "Stress Bravo", "Stress Charlie"))
+    a, b, c = (workspace(tmp_path / name, tiny_models) for name in ("a", "b", "c"))
 
     # Two ingests at once in one workspace, and a third in another workspace at the same time.
     t0 = time.monotonic()
@@ -162,6 +174,7 @@ def test_concurrent_jobs_and_kill_9_resumes(make_workspace, demo_footage, tmp_pa
 
     # kill -9 at random points of ingest, then run it again: the same dataset as an uninterrupted run
     summary, killed = kill_and_resume(c, ingest, kill_points(rng, ingest_seconds, 2))
+    assert killed, f"seed {SEED}: no ingest was killed"
     assert not summary["failed"], summary["failed"]
     assert datasets(c) == reference, f"ingest killed at {killed} s (seed {SEED}) resumed to another dataset"
     assert not leftovers(c), leftovers(c)
@@ -169,6 +182,7 @@ def test_concurrent_jobs_and_kill_9_resumes(make_workspace, demo_footage, tmp_pa
     # train-voice: an uninterrupted run in A, one killed at random points in C (the same dataset)
     straight, voice_seconds = run(a, *train_voice)
     summary, killed = kill_and_resume(c, train_voice, kill_points(rng, voice_seconds, 2))
+    assert killed, f"seed {SEED}: no train-voice was killed"
     assert summary["finished"] and straight["finished"]
     assert_same_weights(weights(c / "voice" / "model.safetensors"), weights(a / "voice" / "model.safetensors"),
                         f"train-voice killed at {killed} s")
@@ -176,6 +190,7 @@ def test_concurrent_jobs_and_kill_9_resumes(make_workspace, demo_footage, tmp_pa
     # train-lora likewise
     straight, lora_seconds = run(a, *train_lora)
     summary, killed = kill_and_resume(c, train_lora, kill_points(rng, lora_seconds, 2))
+    assert killed, f"seed {SEED}: no train-lora was killed"
     assert_same_weights(weights(Path(summary["lora"])), weights(Path(straight["lora"])),
                         f"train-lora killed at {killed} s", atol=1e-6)
 
