@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 import numpy as np
 import tomlkit
-from rich.markup import escape
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -30,6 +29,7 @@ from persona.data import crops, frames, scan, select
 from persona import faces as fx
 from persona.errors import PersonaError
 from persona.files import hash_file, hash_json, is_fresh, mark_fresh, read_json, staged_dir, write_json, write_text
+from persona.lock import locked
 from persona.progress import info, meter, track, warn
 
 DATASET = "datasets/images"
@@ -99,6 +99,7 @@ class ImageSettings(BaseModel):
 
 
 # ------------------------------------------------------------------------------------------------
+@locked("ingest")
 def ingest_images(ws: Any, videos: list[Path], images: list[Path], settings: ImageSettings | None = None,
                   faces: list[Path] | tuple[Path, ...] = ()) -> dict[str, Any]:
     """Build `datasets/images` from footage; returns a summary for --json.
@@ -153,8 +154,8 @@ def _ingest(ws: Any, videos: list[Path], images: list[Path], settings: ImageSett
     ws.update("datasets", {"images": ws.relative(root)})
     if report.get("shortfall"):
         problems.append(report["shortfall"])
-    info(escape(f"{len(manifest)} images of {report.get('person', {}).get('description', 'the person')} in "
-                f"{ws.relative(root)} (captions: {captioner})"))
+    info(f"{len(manifest)} images of {report.get('person', {}).get('description', 'the person')} in "
+         f"{ws.relative(root)} (captions: {captioner})")
     return {
         "dataset": ws.relative(root), "images": len(manifest), "requested": settings.count,
         "person": report.get("person"), "captions": captioner, "reused_selection": reused,
@@ -197,14 +198,20 @@ def _scan(ws: Any, sources: list[scan.Source], settings: ImageSettings, problems
 
 def _decode_problems(src: scan.Source) -> list[str]:
     a = src.analysis or {}
-    if not a.get("errors") and not a.get("truncated"):
+    if not a.get("errors") and not a.get("truncated") and a.get("samples"):
         return []
     first = a["errors"][0]["error"] if a.get("errors") else ""
     if src.kind == "image":
-        problem = PersonaError(first, file=src.path, fix="check it opens in an image viewer; re-export it as PNG")
-    elif not a["samples"]:
+        problem = PersonaError(first or "yielded no image to analyse", file=src.path,
+                               fix="check it opens in an image viewer; re-export it as PNG")
+    elif not a["samples"] and first:
         problem = PersonaError(f"cannot be decoded ({first})", file=src.path,
                                fix="check it plays; re-export it (e.g. as H.264 mp4)")
+    elif not a["samples"]:
+        # No decode error, yet not one frame came out (no video frames, or none before its end): skipped,
+        # and said so, rather than quietly leaving the file out.
+        problem = PersonaError("yielded no frames to analyse (0 samples), so it was skipped", file=src.path,
+                               fix="check it plays and has a picture; re-export it (e.g. as H.264 mp4)")
     elif a.get("truncated"):
         problem = PersonaError(f"is truncated or damaged at the end: only the first {a['scanned_until']:.1f} s of "
                                f"{a['duration']:.1f} s could be decoded (used)", file=src.path,

@@ -8,16 +8,22 @@ produced a usable dataset.
 
 from __future__ import annotations
 
+import errno
+import shutil
 from pathlib import Path
 from typing import Any
+
+from rich.markup import escape
 
 from persona.data.images import ImageSettings, ingest_images
 from persona.data.inputs import discover
 from persona.data.voice import VoiceIngestSettings, ingest_voice
 from persona.errors import PersonaError
+from persona.lock import locked
 from persona.progress import console
 
 
+@locked("ingest")
 def ingest(ws: Any, paths: list[Path], *, faces: list[Path] = (), voices: list[Path] = (), images: bool = True,
            voice: bool = True, image_settings: ImageSettings | None = None,
            voice_settings: VoiceIngestSettings | None = None) -> dict[str, Any]:
@@ -42,10 +48,23 @@ def ingest(ws: Any, paths: list[Path], *, faces: list[Path] = (), voices: list[P
             continue
         try:
             summary[name] = run()
-        except PersonaError as e:
-            summary["failed"][name] = str(e)
-            console.print(f"[red]{name} side failed:[/red] {e}", markup=True, highlight=False)
+        except (PersonaError, OSError) as e:
+            problem = e if isinstance(e, PersonaError) else _os_problem(e, ws.root)
+            summary["failed"][name] = str(problem)
+            console.print(f"[red]{name} side failed:[/red] {escape(str(problem))}", markup=True, highlight=False)
     if not summary["images"] and not summary["voice"]:
         problems = "; ".join(f"{k}: {v}" for k, v in summary["failed"].items())
         raise PersonaError(f"no usable dataset resulted ({problems})", fix="see the messages above for each file")
     return summary
+
+
+def _os_problem(e: OSError, root: Path) -> PersonaError:
+    """A failed read or write (a full disk, a permission) as one line naming the file; the other side
+    still runs, and what finished is kept for the next run."""
+    file = e.filename or root
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = shutil.disk_usage(root).free / 2**30
+        return PersonaError(f"no space left on the disk ({free:.1f} GB free)", file=file,
+                            fix="free disk space, then run the same command again (finished work is kept)")
+    return PersonaError(f"cannot be written or read ({e.strerror or e})", file=file,
+                        fix="check the disk and the file's permissions, then run the same command again")

@@ -12,8 +12,12 @@ again every REEMBED seconds; the frames in between share it.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
+import signal
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +30,7 @@ from persona import faces as fx
 from persona.data import frames
 from persona.errors import PersonaError
 from persona.files import hash_json, read_json, remembered_hash, write_json
+from persona.progress import quiet_libraries
 
 SCAN_VERSION = 2
 REEMBED = 30.0  # seconds between identity measurements along one face track
@@ -199,6 +204,10 @@ def _run(task: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---- planning, caching and running ----------------------------------------------------------
+class IncompleteScan(PersonaError):
+    """A segment of a file's scan is missing at merge time (another process, or a lost write)."""
+
+
 @dataclass
 class Source:
     """One input file and what is known about it."""
@@ -288,7 +297,7 @@ def run(sources: list[Source], settings: ScanSettings, cache: Path, workers: int
         src.analysis = merge(src, [_segment_file(folder, start) for start, _ in plan(src)], settings)
         write_json(folder / "analysis.json", src.analysis)
         for seg in folder.glob("seg-*.json"):
-            seg.unlink()
+            seg.unlink(missing_ok=True)
 
 
 def _map(tasks: list[dict[str, Any]], workers: int, backend: str) -> Iterator[dict[str, Any]]:
@@ -300,13 +309,59 @@ def _map(tasks: list[dict[str, Any]], workers: int, backend: str) -> Iterator[di
     # Longest first, so one long segment does not run alone at the end. Workers come from a fork
     # server, not a fork of this process: by now it may hold threads (torch's, PyAV's, a compile
     # pool's) whose locks a plain fork would copy in a locked state, and a worker would hang on them.
+    # ProcessPoolExecutor, not multiprocessing.Pool: a worker killed by the OOM killer or a crash in
+    # dlib or FFmpeg breaks the pool (BrokenProcessPool), where Pool.imap_unordered waits forever.
     tasks = sorted(tasks, key=lambda t: -t["seconds"])
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
     if method == "forkserver":
         context.set_forkserver_preload([__name__])  # workers start with the imports done
-    with context.Pool(workers, initializer=fx.backend, initargs=(backend,)) as pool:
-        yield from pool.imap_unordered(_run, tasks)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(backend,))
+    queue = iter(tasks)
+    running: dict[Future, dict[str, Any]] = {}
+    try:
+        # At most one task per worker in flight: a broken pool then names the files being scanned,
+        # and Ctrl-C has little queued work to cancel.
+        for task in itertools.islice(queue, workers):
+            running[pool.submit(_run, task)] = task
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                task = running.pop(future)
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    files = sorted({Path(t["path"]).name for t in [task, *running.values()]})
+                    raise PersonaError(f"a scan worker died on {' or '.join(files)}; run again to resume",
+                                       file=Path(task["path"]),
+                                       fix="finished parts are kept; if it happens again, check free memory "
+                                           "or re-export the file") from None
+                for nxt in itertools.islice(queue, 1):
+                    running[pool.submit(_run, nxt)] = nxt
+                yield result
+    except BaseException:  # an error, Ctrl-C, or the caller stopping early: drop the work in flight
+        _stop(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _start_worker(backend: str) -> None:
+    # Ctrl-C reaches every process of the terminal's group; the parent handles it (and stops the
+    # workers), so a worker prints no KeyboardInterrupt traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    quiet_libraries()  # a fresh process: the parent's warning filters do not carry over
+    fx.backend(backend)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Shut the pool down without waiting for segments still being scanned (on Ctrl-C or an error
+    their results are not wanted; finished ones are on disk). Python 3.14 has terminate_workers();
+    before it the worker processes are only reachable through the executor's _processes."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        if proc.is_alive():
+            proc.terminate()
+    pool.shutdown(wait=True)
 
 
 def merge(src: Source, parts: list[Path], settings: ScanSettings) -> dict[str, Any]:
@@ -314,7 +369,11 @@ def merge(src: Source, parts: list[Path], settings: ScanSettings) -> dict[str, A
     samples, faces, embeddings, cuts, errors = [], [], [], [], []
     last_time, decoded = 0.0, 0
     for i, part in enumerate(parts):
-        seg = read_json(part, {})
+        seg = read_json(part)
+        if not isinstance(seg, dict):
+            # Read as empty, a lost segment would be cached as a finished scan that misses the person.
+            raise IncompleteScan(f"the face scan is incomplete ({part.name} is missing or unreadable); "
+                                 "it is not cached", file=src.path, fix="run the same command again to resume")
         offset = len(embeddings)
         embeddings += seg.get("embeddings", [])
         samples += seg.get("samples", [])
@@ -335,7 +394,7 @@ def merge(src: Source, parts: list[Path], settings: ScanSettings) -> dict[str, A
                    keyframes_only=settings.use_keyframes(lay),
                    truncated=bool(samples) and last_time < lay.duration - max(1.0, 4 / lay.fps))
     else:
-        first = read_json(parts[0], {}) if parts else {}
+        first = read_json(parts[0]) if parts else {}
         out.update(width=first.get("width"), height=first.get("height"), step=settings.every)
     return out
 

@@ -29,6 +29,7 @@ from persona.data import voice_dataset as vd
 from persona.speakers import SpeakerEncoder, default_encoder, unit
 from persona.errors import PersonaError
 from persona.files import atomic_path, hash_file, hash_json, read_json, remembered_hash, staged_dir, write_json
+from persona.lock import locked
 from persona.media import probe, read_audio, write_audio
 from persona.progress import info, meter, warn
 
@@ -345,6 +346,7 @@ def _spoken(c: Candidate) -> float:
 
 # ------------------------------------------------------------------------------------------------
 # ------------------------------------------------------------------------------------------------
+@locked("ingest")
 def ingest_voice(ws: Any, sources: list[Path], settings: VoiceIngestSettings | None = None,
                  enroll: list[Path] | tuple[Path, ...] = ()) -> dict[str, Any]:
     """Build `datasets/voice` from video and audio files; returns a summary (for --json).

@@ -31,6 +31,7 @@ from persona.inference.script import Script, load_script, make_backend, messages
 from persona.inference.speech import VoiceFiles
 from persona.inference.stage import RenderJob, Stage, disk_full_is_kept, run_stage
 from persona.inference.video import VideoStage
+from persona.lock import locked
 from persona.progress import info, meter
 
 if TYPE_CHECKING:
@@ -129,6 +130,7 @@ def sweep_chunks(scenes: list[SceneDir]) -> None:
                 chunk.unlink(missing_ok=True)
 
 
+@locked("render")
 def render(ws: Workspace, topic: Path | None = None, *, script_file: Path | None = None, name: str | None = None,
            profile: str | None = None, overrides: dict[str, Any] | None = None, until: str | None = None) -> dict[str, Any]:
     consent = ws.require_consent("rendering")

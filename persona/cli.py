@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import json
 import os
 import sys
@@ -12,6 +14,8 @@ from typing import Any
 import click
 
 from persona import __version__
+from rich.markup import escape
+
 from persona.errors import PersonaError
 from persona.progress import quiet_libraries
 
@@ -124,7 +128,7 @@ def init(name: str, directory: Path | None, token: str | None, person: str | Non
         consent = Consent(person=person, granted_by=granted_by, scope=scope,
                           date=(consent_date.date() if consent_date else dt.date.today()), reference=consent_reference)
     ws = Workspace.create(directory, name, token=token, consent=consent)
-    info(f"created {ws.manifest_path} (token [bold]{ws.token}[/bold])")
+    info(f"created {escape(str(ws.manifest_path))} (token [bold]{escape(ws.token)}[/bold])", markup=True)
     if consent is None:
         warn("no consent recorded: add [consent] to persona.toml before training or rendering")
     emit({"workspace": str(ws.root), "manifest": str(ws.manifest_path), "name": ws.name, "token": ws.token,
@@ -322,8 +326,12 @@ def speak(ctx: Ctx, text: str, output: Path, seed: int, steps: int, speed: float
     from persona.inference.speech import speak as say
     from persona.progress import console, info
 
+    from persona.lock import workspace_lock
+
     ws = ctx.workspace()
-    with console.status("speaking ..."):
+    inside = output.resolve().is_relative_to(ws.root)
+    # Writing into the workspace counts as a writing job; a wav elsewhere does not block (or wait for) one.
+    with workspace_lock(ws, "speak") if inside else contextlib.nullcontext(), console.status("speaking ..."):
         summary = say(ws, text, output, seed=seed, steps=steps, speed=speed)
     info(f"wrote {output} ({summary['seconds']:.2f} s)")
     emit(summary, as_json)
@@ -481,31 +489,61 @@ def demo(keep: Path | None, as_json: bool) -> None:
 # ------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args
+    debug, as_json = "--debug" in args, "--json" in args
     try:
         rv = cli.main(args=args, prog_name="persona", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
-        sys.exit(e.exit_code)
-    except click.Abort:
+        _fail(as_json, e.format_message(), None, "see --help", e.exit_code)
+    except click.Abort as e:
+        # click turns Ctrl-C (and EOF at a prompt) into Abort before a KeyboardInterrupt handler sees it
+        if isinstance(e.__context__, KeyboardInterrupt):
+            _interrupted(as_json)
         click.echo("aborted", err=True)
-        sys.exit(1)
+        _fail(as_json, "aborted", None, None, 1)
+    except KeyboardInterrupt:
+        _interrupted(as_json)
     except PersonaError as e:
         if debug:
             raise
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("interrupted: finished work is kept; run the same command again to resume", err=True)
-        sys.exit(130)
+        from persona.lock import WorkspaceBusy
+
+        busy = isinstance(e, WorkspaceBusy)
+        click.echo(str(e) if busy else f"error: {e}", err=True)
+        _fail(as_json, e.message, e.file, e.fix, EXIT_BUSY if busy else 1)
+    except OSError as e:
+        if debug:
+            raise
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            fix = "free disk space, then run the same command again (finished work is kept)"
+            click.echo(f"error: {e.filename or 'a file'}: no space left on the disk — {fix}", err=True)
+            _fail(as_json, "no space left on the disk", e.filename, fix, 1)
+        click.echo(f"error: {e.__class__.__name__}: {e} (run with --debug for the traceback)", err=True)
+        _fail(as_json, f"{e.__class__.__name__}: {e.strerror or e}", e.filename, "run with --debug for the traceback", 1)
     except Exception as e:  # a bug or an upstream failure: one line unless --debug
         if debug:
             raise
         click.echo(f"error: {e.__class__.__name__}: {e} (run with --debug for the traceback)", err=True)
-        sys.exit(1)
+        _fail(as_json, f"{e.__class__.__name__}: {e}", None, "run with --debug for the traceback", 1)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+EXIT_BUSY = 75  # EX_TEMPFAIL: another job holds the workspace; the same command works later
+EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
+
+
+def _interrupted(as_json: bool) -> None:
+    click.echo("interrupted: finished work is kept; run the same command again to resume", err=True)
+    _fail(as_json, "interrupted", None, "run the same command again to resume", EXIT_INTERRUPTED)
+
+
+def _fail(as_json: bool, error: str, file: str | Path | None, fix: str | None, code: int) -> None:
+    """Exit with `code`; with --json, the failure as JSON on stdout too (scripts read stdout only)."""
+    if as_json:
+        click.echo(json.dumps({"error": error, "file": None if file is None else str(file), "fix": fix}, indent=2))
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -246,7 +246,7 @@ def run_demo(keep: Path | None = None) -> dict[str, Any]:
             steps[name] = result
             console.print(f"[green]✓[/green] [bold]{name}[/bold] ({timings[name]:.1f} s): {escape(result)}")
         total = round(time.perf_counter() - t_all, 2)
-        console.print(f"demo finished in {total:.1f} s" + (f"; everything is in {root}" if keep else ""))
+        console.print(f"demo finished in {total:.1f} s" + (f"; everything is in {root}" if keep else ""), markup=False)
         return {"root": str(root) if keep else None, "kept": keep is not None, "steps": steps, "seconds": timings,
                 "total_seconds": total, "workspace": str(d.workspace.root) if d.workspace and keep else None,
                 **{k: v for k, v in d.results.items()}}

@@ -126,10 +126,11 @@ def render(report: dict[str, Any]) -> None:
     gpu_line = (f"{gpu['name']} ({gpu.get('vram_gb')} GB, {gpu.get('free_gb')} GB free)" if gpu.get("available")
                 else f"none ({gpu.get('reason')})")
     console.print(f"[bold]System[/bold]  Python {s['python']}, {s['cpus']} CPUs, torch {gpu.get('torch')}")
-    console.print(f"  GPU: {gpu_line}")
-    console.print(f"  FFmpeg: bundled with PyAV (libavcodec {s['pyav_ffmpeg']}); system ffmpeg: {s['system_ffmpeg'] or 'not found (optional; LatentSync needs one in its own environment)'}")
-    console.print(f"  Hugging Face cache: {s['hf_cache']} ({'offline' if s['hf_offline'] else 'online allowed, but persona never downloads'})")
-    console.print("  Free disk: " + ", ".join(f"{k} {v} GB" for k, v in s["free_disk_gb"].items()))
+    # paths and device names are printed as plain text: a "[...]" in them is not markup
+    console.print(f"  GPU: {gpu_line}", markup=False)
+    console.print(f"  FFmpeg: bundled with PyAV (libavcodec {s['pyav_ffmpeg']}); system ffmpeg: {s['system_ffmpeg'] or 'not found (optional; LatentSync needs one in its own environment)'}", markup=False)
+    console.print(f"  Hugging Face cache: {s['hf_cache']} ({'offline' if s['hf_offline'] else 'online allowed, but persona never downloads'})", markup=False)
+    console.print("  Free disk: " + ", ".join(f"{k} {v} GB" for k, v in s["free_disk_gb"].items()), markup=False)
 
     by_verb: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for entry in [*report["bundled"], *report["models"]]:

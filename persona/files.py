@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -30,6 +31,10 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         if tmp_path.exists():
             os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; finished files are ordinary
         os.replace(tmp_path, path)
+    except OSError as e:
+        if e.filename is None:  # a failed write() names no file; say which one (e.g. a full disk)
+            e.filename = str(path)
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -39,20 +44,46 @@ def staged_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty folder beside `path`; it replaces `path` whole only if the block succeeds.
 
     A killed or failed build leaves the previous folder (or none) in place, never a mix of both.
+    The staging and swap folders are named after this process and a random part, so two runs never
+    share (and delete) each other's; ones left by killed processes are swept.
     """
     path = Path(path)
-    stage, old = path.with_name(f".{path.name}.partial"), path.with_name(f".{path.name}.old")
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_dead_stages(path)
+    prefix = f".{path.name}.{os.getpid()}-"
+    stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".partial"))
+    old = stage.with_name(stage.name.removesuffix(".partial") + ".old")
     try:
         yield stage
-        shutil.rmtree(old, ignore_errors=True)
         if path.exists():
             os.replace(path, old)
         os.replace(stage, path)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _sweep_dead_stages(path: Path) -> None:
+    """Remove the staging folders of killed runs; a previous folder a killed swap left aside is put back."""
+    for suffix in (".partial", ".old"):
+        for leftover in path.parent.glob(f".{glob.escape(path.name)}.*-*{suffix}"):
+            pid = leftover.name[len(path.name) + 2:].split("-", 1)[0]
+            if not pid.isdigit() or process_alive(int(pid)):
+                continue
+            if suffix == ".old" and not path.exists():
+                os.replace(leftover, path)
+            else:
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _read_umask() -> int:

@@ -43,10 +43,18 @@ def quiet_libraries() -> None:
     # torchcodec (f5-tts calls torchaudio.load), and pydub looking for an ffmpeg it never uses here.
     warnings.filterwarnings("ignore", message=r"In 2\.9, this function's implementation")
     warnings.filterwarnings("ignore", message="Couldn't find ffmpeg or avconv")
+    # torchaudio 2.8 marks most of its API as deprecated (whisperx, pyannote and f5-tts call it), and
+    # face_recognition_models and webrtcvad import pkg_resources, which setuptools warns about.
+    warnings.filterwarnings("ignore", message=r"torchaudio\..* has been deprecated")
+    warnings.filterwarnings("ignore", message=r".*TorchAudio into a maintenance phase")
+    warnings.filterwarnings("ignore", message=r"pkg_resources is deprecated as an API")
 
 
-def info(message: str) -> None:
-    console.print(message)
+def info(message: str, markup: bool = False) -> None:
+    """A line for people. Plain text unless markup=True: paths and names may hold "[...]", which Rich
+    would read as markup (hiding the text, or failing on a stray closing tag). With markup=True the
+    caller escapes what it interpolates (rich.markup.escape)."""
+    console.print(message, markup=markup)
 
 
 def warn(message: str, once: bool = False) -> None:
@@ -81,7 +89,7 @@ def track(items: Iterable[T], description: str, total: float | None = None) -> I
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
     with _bar() as bar:
-        task = bar.add_task(description, total=total)
+        task = bar.add_task(escape(description), total=total)
         for item in items:
             yield item
             bar.advance(task)
@@ -99,13 +107,13 @@ class Meter:
 
     def advance(self, n: float = 1, **status: Any) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, advance=n, status=_format_status(status))
+            self._bar.update(self._task, advance=n, status=escape(_format_status(status)))
         else:
             self._log(self._done + n, status)
 
     def update(self, completed: float | None = None, total: float | None = None, **status: Any) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, completed=completed, total=total, status=_format_status(status))
+            self._bar.update(self._task, completed=completed, total=total, status=escape(_format_status(status)))
         else:
             self._total = total if total is not None else self._total
             self._log(completed if completed is not None else self._done, status)
@@ -139,7 +147,7 @@ def meter(description: str, total: float | None, completed: float = 0) -> Iterat
         yield Meter(None, None, description, total, completed)
         return
     with _bar("{task.fields[status]}") as bar:
-        task = bar.add_task(description, total=total, completed=completed, status="")
+        task = bar.add_task(escape(description), total=total, completed=completed, status="")
         yield Meter(bar, task)
 
 

@@ -18,8 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from persona.errors import ConsentMissing, PersonaError, WorkspaceNotFound
 from persona.files import write_text
+from persona.lock import workspace_lock
 
 MANIFEST = "persona.toml"
+UPDATE_WAIT = 10.0  # seconds an update outside a verb waits for another process's update
 
 # Common English words a person's name may also be; a trigger token equal to one of them would
 # tie the likeness to a concept the text encoders already know (e.g. "Will", "Rose", "Young").
@@ -186,7 +188,11 @@ class Workspace:
             raise PersonaError(f"trigger token {problem}", fix="pass another --token")
         pack = Pack(name=name, token=token, consent=consent)
         root.mkdir(parents=True, exist_ok=True)
-        write_text(root / MANIFEST, _render_new_manifest(pack))
+        with workspace_lock(_Root(root), "init"):
+            if (root / MANIFEST).exists():  # another init won the race
+                raise PersonaError("already holds a persona.toml", file=root,
+                                   fix="pick another folder or edit the existing file")
+            write_text(root / MANIFEST, _render_new_manifest(pack))
         return cls(root)
 
     # ---- reading and writing --------------------------------------------------------------
@@ -213,7 +219,13 @@ class Workspace:
 
         With a dict, keys given as None are removed; `replace=True` drops the section's other keys.
         `values=None` removes the whole key or section. The result is validated before it is written.
+        The file is read afresh and written under the workspace lock, so a section another process
+        wrote since this one loaded the pack is kept.
         """
+        with workspace_lock(self, "update persona.toml", wait=UPDATE_WAIT):
+            return self._update(section, values, replace)
+
+    def _update(self, section: str, values: dict[str, Any] | str | None, replace: bool) -> Pack:
         doc = self._read_document()
         if values is None:
             doc.pop(section, None)
@@ -264,6 +276,13 @@ class Workspace:
     @property
     def token(self) -> str:
         return self.pack.token
+
+
+class _Root:
+    """The folder of a workspace being created (the lock needs only its root)."""
+
+    def __init__(self, root: Path):
+        self.root = root.resolve()
 
 
 def _render_new_manifest(pack: Pack) -> str:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from persona import models
 from persona.cli import cli
 
 VERBS = sorted(cli.commands)
@@ -69,10 +70,17 @@ def test_doctor_on_a_bare_machine(tmp_path):
     report = json.loads(out.stdout)
     keys = {m["key"] for m in report["models"]}
     assert {"flux", "wan-i2v", "f5-tts", "vocos", "florence2", "whisper", "align-en", "llm", "film", "upscaler"} <= keys
-    for m in report["models"]:
-        assert m["found"] or m["fetch"]
+    for m in report["models"]:  # a missing model comes with the exact command that fetches it
+        assert m["found"] == (m["fetch"] is None) and (m["path"] is not None or not m["found"]), m
+        if not m["found"]:
+            assert m["fetch"] == models.REGISTRY[m["key"]].fetch_command()
     assert all(b["found"] for b in report["bundled"])
-    assert report["verdict"]["can"]
+    verdict = report["verdict"]
+    assert verdict["can"][:2] == ["init", "demo (tiny random-weight models, CPU)"]
+    assert any(c.startswith("ingest: select face frames") for c in verdict["can"])
+    assert not set(verdict["can"]) & set(verdict["cannot"])
+    if not report["system"]["gpu"]["available"]:
+        assert {c.split(":")[0] for c in verdict["cannot"] if "needs a GPU" in c} >= {"train-lora", "train-voice"}
     human = run("doctor", cwd=tmp_path)
     assert human.returncode == 0 and "hf download" in human.stderr
 

@@ -19,7 +19,8 @@ def test_every_model_is_described():
     for m in models.REGISTRY.values():
         assert m.title and m.licence and m.stages
         assert m.repos or m.url, m.key
-        assert m.fetch_command()
+        fetch = m.fetch_command()
+        assert (m.repos and f"hf download {m.repos[0]}" in fetch) or (m.url and m.url in fetch and m.env in fetch), fetch
         assert m.env.startswith("PERSONA_")
 
 

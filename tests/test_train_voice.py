@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,18 +153,19 @@ def test_a_checkpoint_cannot_run_code(voice_ws, tmp_path):
 # ---- the whole run -------------------------------------------------------------------------------
 def test_train_resume_export_and_speak(voice_ws, voice_dataset, tiny_models, tmp_path):
     settings = VoiceSettings(**TINY)
-    checkpoints = voice_ws.root / "runs" / "voice" / "checkpoints"
 
     paused = train_voice(voice_ws, settings, stop_at=2)
+    checkpoints = Path(paused["checkpoints"])
+    assert checkpoints.parent == Path(paused["run_dir"]) and checkpoints.parent.parent == voice_ws.root / "runs" / "voice"
     assert (paused["update"], paused["finished"], paused["resumed_from"]) == (2, False, 0)
     assert sorted(p.name for p in checkpoints.glob("model_*.pt")) == ["model_2.pt"]
     assert voice_ws.pack.voice is None and "voice" not in paused
-    data = voice_ws.root / "runs" / "voice" / "data"
+    (data,) = (voice_ws.root / "runs" / "voice").glob("data-*")
     assert read_json(data / "train" / "duration.json")["duration"] and (data / "val" / "raw.arrow").exists()
 
     done = train_voice(voice_ws, settings)
     assert (done["resumed_from"], done["update"], done["finished"]) == (2, 4, True)
-    history = read_json(voice_ws.root / "runs" / "voice" / "run.json")["history"]
+    history = read_json(Path(done["run_dir"]) / "run.json")["history"]
     assert [h["update"] for h in history] == [0, 2, 4]
     best = min(history[1:], key=lambda h: h["val_loss"])
     assert done["best"] == best and done["baseline_val_loss"] == history[0]["val_loss"]
@@ -194,15 +196,17 @@ def test_train_resume_export_and_speak(voice_ws, voice_dataset, tiny_models, tmp
     straight = train_voice(ws2, VoiceSettings(**{**TINY, "val_every": 1}))
     assert straight["resumed_from"] == 0
     a = torch.load(checkpoints / "model_4.pt", weights_only=True)["model_state_dict"]
-    b = torch.load(ws2_root / "runs" / "voice" / "checkpoints" / "model_4.pt", weights_only=True)["model_state_dict"]
+    b = torch.load(Path(straight["checkpoints"]) / "model_4.pt", weights_only=True)["model_state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert len(list((ws2_root / "runs" / "voice" / "checkpoints").glob("model_*.pt"))) == settings.keep_last
+    assert len(list(Path(straight["checkpoints"]).glob("model_*.pt"))) == settings.keep_last
 
     # finished work is not redone; changed settings start over
     again = train_voice(voice_ws, settings)
     assert (again["resumed_from"], again["update"]) == (4, 4)
     changed = train_voice(voice_ws, VoiceSettings(**{**TINY, "learning_rate": 5e-4}), stop_at=1)
     assert (changed["resumed_from"], changed["update"]) == (0, 1)
+    # ... in a folder of its own: the finished run's checkpoints are still there
+    assert changed["run_dir"] != done["run_dir"] and (checkpoints / "model_4.pt").exists()
 
     # `persona speak` loads the export unchanged; more text, more speech
     short = speak(voice_ws, "Hi.", tmp_path / "short.wav", steps=2)
@@ -213,8 +217,7 @@ def test_train_resume_export_and_speak(voice_ws, voice_dataset, tiny_models, tmp
 
 def test_an_unreadable_newest_checkpoint_falls_back_to_the_one_before(voice_ws, capsys):
     settings = VoiceSettings(**{**TINY, "val_every": 1})
-    train_voice(voice_ws, settings, stop_at=3)
-    checkpoints = voice_ws.root / "runs" / "voice" / "checkpoints"
+    checkpoints = Path(train_voice(voice_ws, settings, stop_at=3)["checkpoints"])
     assert sorted(p.name for p in checkpoints.glob("model_*.pt")) == ["model_2.pt", "model_3.pt"]
     (checkpoints / "model_3.pt").write_bytes(b"cut short")
     again = train_voice(voice_ws, settings, stop_at=3)

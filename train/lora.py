@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from persona.config import list_recipes, load_recipe, resolve_settings
 from persona.errors import PersonaError
 from persona.files import atomic_path, hash_json, is_fresh, mark_fresh, read_json, record_path
+from persona.lock import locked
 from persona.device import fits, gpu_memory
 from persona.models import locate_entry
 from persona.progress import info, warn
@@ -200,6 +201,7 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+@locked("train-lora")
 def train_lora(ws: Any, settings: LoraSettings, *, recipe: str | None = None, backend: str = "native",
                resume: bool | None = None, force: bool = False,
                on_step: Callable[..., None] | None = None) -> dict[str, Any] | None:
@@ -264,7 +266,7 @@ def train_lora(ws: Any, settings: LoraSettings, *, recipe: str | None = None, ba
                "run_dir": str(run), "skipped": False, **result}
     mark_fresh(out, key, summary=summary, losses=losses)
     _record_in_pack(ws, out, summary, settings)
-    info(f"wrote {ws.relative(out)} ({settings.steps} steps, rank {settings.rank}); \\[lora] updated in persona.toml")
+    info(f"wrote {ws.relative(out)} ({settings.steps} steps, rank {settings.rank}); [lora] updated in persona.toml")
     return summary
 
 

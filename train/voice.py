@@ -4,7 +4,8 @@ Steps: check the dataset (transcripts, amount, characters outside the vocab), wr
 held-out splits in F5's format, plan the hyperparameters from the data and the recipe, train with
 resume (train/voice_trainer.py), then export the checkpoint with the lowest validation loss.
 
-Run folder (a cache, outside the pack): runs/voice/{data/{train,val}/raw.arrow, checkpoints/model_N.pt,
+Run folders (caches, outside the pack), named by what they were made from so no run deletes another's
+work: runs/voice/data-<split key>/{train,val}/raw.arrow and runs/voice/<run key>/{checkpoints/model_N.pt,
 checkpoints/best.safetensors, run.json}. Export: voice/{model.safetensors, vocab.txt,
 model_config.json (only for a non-v1-Base architecture), ref.wav, ref.txt, training.json} and [voice].
 """
@@ -24,6 +25,7 @@ from persona import models as model_registry
 from persona.device import default_device, gpu_memory, largest_fitting
 from persona.errors import PersonaError
 from persona.files import atomic_path, hash_file, hash_json, is_fresh, mark_fresh, write_json, write_text
+from persona.lock import locked
 from persona.progress import info, warn
 from persona.train.voice_data import (
     F5_MAX_CLIP_S,
@@ -161,12 +163,12 @@ def _report_data(data: VoiceData, unknown: dict[str, int], max_clip_s: float) ->
              "spell them out in the transcripts (numbers as words, no symbols) for a closer voice")
 
 
-def prepare(data: VoiceData, vocab_path: Path, run_folder: Path, s: VoiceSettings) -> tuple[Path, Path, dict[str, Any]]:
-    """The train/val split in F5's format under run_folder/data (redone only when the clips change)."""
+def prepare(data: VoiceData, vocab_path: Path, runs: Path, s: VoiceSettings) -> tuple[Path, Path, dict[str, Any]]:
+    """The train/val split in F5's format under runs/data-<key> (redone only when the clips change)."""
     train, val = split_clips(data.clips, s.val_clips, s.seed)
     key = hash_json({"train": [(str(c.file), c.text, c.seconds) for c in train],
                      "val": [(str(c.file), c.text, c.seconds) for c in val], "vocab": hash_file(vocab_path)})
-    out = run_folder / "data"
+    out = runs / f"data-{key[:16]}"
     arrow = out / "val" / "raw.arrow"
     if not is_fresh(arrow, key):
         with quiet():
@@ -179,6 +181,7 @@ def prepare(data: VoiceData, vocab_path: Path, run_folder: Path, s: VoiceSetting
     return out / "train", out / "val", summary
 
 
+@locked("train-voice")
 def train_voice(ws: Any, settings: VoiceSettings | None = None, *, base: str | Path | None = None,
                 restart: bool = False, stop_at: int | None = None, recipe: str | None = None) -> dict[str, Any]:
     """`persona train-voice`: fine-tune, keep the best checkpoint by validation loss, export to the pack."""
@@ -212,7 +215,7 @@ def train_voice(ws: Any, settings: VoiceSettings | None = None, *, base: str | P
         "data": {**{k: v for k, v in split.items() if k != "key"}, "untranscribed": data.untranscribed,
                  "left_out": len(data.out_of_range) + len(data.missing), "unknown_characters": unknown},
         "baseline_val_loss": trainer.history[0]["val_loss"] if trainer.history else None,
-        "best": trainer.best_entry(), "checkpoints": str(run.checkpoints),
+        "best": trainer.best_entry(), "checkpoints": str(run.checkpoints), "run_dir": str(run.folder),
     }
     if summary["finished"]:
         summary["voice"] = export_voice(ws, run, f5, data, trainer.history)
@@ -245,8 +248,8 @@ def _check_inputs(ws: Any, s: VoiceSettings, base: str | Path | None) -> tuple[V
 
 def _set_up_run(ws: Any, data: VoiceData, f5: Base, s: VoiceSettings, restart: bool) -> tuple[Run, Any, Any, dict]:
     """The prepared splits, the plan, and the run folder keyed by everything that shapes the weights."""
-    run_folder = ws.root / "runs" / "voice"
-    train_dir, val_dir, split = prepare(data, f5.vocab, run_folder, s)
+    runs = ws.root / "runs" / "voice"
+    train_dir, val_dir, split = prepare(data, f5.vocab, runs, s)
     with quiet():
         train_set, val_set = load_f5_split(train_dir, MEL), load_f5_split(val_dir, MEL)
     batches = len(sampler_for(train_set, s.batch_frames, s.max_samples, s.seed))
@@ -255,7 +258,7 @@ def _set_up_run(ws: Any, data: VoiceData, f5: Base, s: VoiceSettings, restart: b
     key = hash_json({"data": split["key"], "plan": plan.trajectory(), "seed": s.seed, "max_samples": s.max_samples,
                      "warmup": s.warmup, "grad_norm": s.max_grad_norm,
                      "base": [str(f5.checkpoint), stat.st_size, stat.st_mtime_ns]})
-    run = Run(run_folder, plan, key)
+    run = Run(runs / key[:16], plan, key)
     if restart:
         shutil.rmtree(run.checkpoints, ignore_errors=True)
     run.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -299,5 +302,5 @@ def export_voice(ws: Any, run: Run, base: Base, data: VoiceData, history: list[d
     values = {"checkpoint": ws.relative(model), "vocab": ws.relative(out / "vocab.txt"),
               "reference_audio": ws.relative(out / "ref.wav"), "reference_text": data.reference_text, "base": base.name}
     ws.update("voice", values, replace=True)
-    info(f"exported the voice to {out} and \\[voice] in {ws.manifest_path.name}")
+    info(f"exported the voice to {out} and [voice] in {ws.manifest_path.name}")
     return values
