@@ -438,10 +438,10 @@ def verify(video: Path, as_json: bool) -> None:
 
     r = verify_video(video)
     if r["status"] == "no manifest":
-        info(f"{escape(str(video))}: no Content Credentials (never signed, or stripped by a re-encode or upload)")
+        info(f"{video}: no Content Credentials (never signed, or stripped by a re-encode or upload)")
     else:
         colour = "green" if r["status"] == "valid" else "red"
-        info(f"{escape(str(video))}: [{colour}]{r['status']}[/{colour}]")
+        info(f"{escape(str(video))}: [{colour}]{r['status']}[/{colour}]", markup=True)
         c = r["consent"] or {}
         consent = (f"granted by {c.get('granted_by')} on {c.get('date')} for {c.get('scope')}"
                    + (f" (record: {c['reference']})" if c.get("reference") else "")) if c else "none recorded"
@@ -453,11 +453,11 @@ def verify(video: Path, as_json: bool) -> None:
                                       f"{'trusted' if r['trusted'] else 'not on a trust list you set'})")]
         for k, v in rows:
             if v is not None:
-                info(f"  {k:<13} {escape(str(v))}")
+                info(f"  {k:<13} {v}")
         for p in r["problems"]:
-            info(f"  [red]problem[/red]       {escape(p)}")
+            info(f"  [red]problem[/red]       {escape(p)}", markup=True)
         if r.get("note"):
-            info(f"  note          {escape(r['note'])}")
+            info(f"  note          {r['note']}")
     emit(r, as_json)
     if r["status"] != "valid":
         raise click.exceptions.Exit(1)
