@@ -32,6 +32,7 @@ def keyframe_prompt(image_prompt: str, on_camera: bool, token: str) -> str:
 
 
 def lora_strength(ws: Workspace, settings: RenderSettings) -> float:
+    assert ws.pack.lora is not None
     s = settings.keyframes.lora_strength
     return s if s is not None else ws.pack.lora.strength
 
@@ -41,15 +42,21 @@ class KeyframeStage(Stage):
 
     name, output, model = "keyframes", "keyframe.png", "flux"
 
-    def __init__(self, job: RenderJob):
+    def __init__(self, job: RenderJob, scenes: list[SceneDir]):
         ws = job.ws
+        self.drawn = scenes
         self.flux = locate("flux", models=ws.pack.models)
-        self.lora = ws.path(ws.pack.lora.path)  # the render's preflight made sure the pack has one
-        if not self.lora.exists():
+        # Without a trained LoRA (right after ingest) only b-roll is drawn: FLUX alone, at strength 0
+        # anyway; the render's plan sends on-camera scenes to the footage then.
+        self.lora = ws.path(ws.pack.lora.path) if ws.pack.lora else None
+        if self.lora is not None and not self.lora.exists():
             raise PersonaError("[lora] path points at a missing file", file=self.lora, fix="run `persona train-lora` again")
-        self.lora_id = hash_file(self.lora)
-        self.strength = lora_strength(ws, job.settings)
+        self.lora_id = hash_file(self.lora) if self.lora else None
+        self.strength = lora_strength(ws, job.settings) if self.lora else 0.0
         self.flux_id = model_key(self.flux)
+
+    def scenes(self, job: RenderJob) -> list[SceneDir]:
+        return self.drawn
 
     def prompt(self, job: RenderJob, scene: SceneDir) -> str:
         return keyframe_prompt(scene.scene.image_prompt, scene.scene.on_camera, job.ws.token)
@@ -59,7 +66,8 @@ class KeyframeStage(Stage):
 
     def key(self, job: RenderJob, scene: SceneDir) -> str:
         k, on = job.settings.keyframes, scene.scene.on_camera
-        return hash_json(["keyframe", self.prompt(job, scene), on, self.flux_id, self.lora_id,
+        # b-roll runs at strength 0, which is the base model exactly: a new LoRA does not redo it
+        return hash_json(["keyframe", self.prompt(job, scene), on, self.flux_id, self.lora_id if on else None,
                           self.strength if on else 0.0, job.settings.seed, job.settings.keyframe_size(), k.steps,
                           k.guidance, k.max_sequence_length])
 
@@ -70,7 +78,8 @@ class KeyframeStage(Stage):
         from diffusers import FluxPipeline  # seconds to import: only when a keyframe is drawn
 
         pipe = load_pipeline(FluxPipeline, self.flux, job.settings.keyframes.memory)
-        pipe.load_lora_weights(str(self.lora), adapter_name=ADAPTER)
+        if self.lora is not None:
+            pipe.load_lora_weights(str(self.lora), adapter_name=ADAPTER)
         return pipe
 
     def make(self, job: RenderJob, scene: SceneDir, model: Lazy, tick: Tick) -> dict[str, Any]:
@@ -78,8 +87,8 @@ class KeyframeStage(Stage):
 
         k, (width, height) = job.settings.keyframes, job.settings.keyframe_size()
         pipe, seed, prompt = model.get(), self.seed(job, scene), self.prompt(job, scene)
-        # Off-camera scenes are b-roll: the likeness must not leak into them.
-        pipe.set_adapters([ADAPTER], adapter_weights=[self.strength if scene.scene.on_camera else 0.0])
+        if self.lora is not None:  # off-camera scenes are b-roll: the likeness must not leak into them
+            pipe.set_adapters([ADAPTER], adapter_weights=[self.strength if scene.scene.on_camera else 0.0])
         image = pipe(prompt, width=width, height=height, num_inference_steps=k.steps, guidance_scale=k.guidance,
                      max_sequence_length=k.max_sequence_length, callback_on_step_end=step_callback(tick),
                      generator=torch.Generator("cpu").manual_seed(seed)).images[0]
@@ -88,5 +97,5 @@ class KeyframeStage(Stage):
         return {"seed": seed, "prompt": prompt}
 
     def summary(self, job: RenderJob) -> dict[str, Any]:
-        return {"seeds": {s.label: self.seed(job, s) for s in self.scenes(job)}, "lora": str(self.lora),
-                "lora_strength": self.strength}
+        return {"seeds": {s.label: self.seed(job, s) for s in self.scenes(job)},
+                "lora": str(self.lora) if self.lora else None, "lora_strength": self.strength}

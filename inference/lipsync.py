@@ -1,8 +1,8 @@
-"""Lip sync for on-camera scenes through the user's LatentSync 1.5/1.6 checkout.
+"""Lip sync for on-camera scenes: MuseTalk 1.5 in this process (the default), or the user's
+LatentSync 1.5/1.6 checkout (`lipsync.backend = "latentsync"`).
 
 LatentSync runs in its own Python environment (its pinned torch, diffusers and DeepCache differ
-from ours), so it is a subprocess behind a small interface (`LipSyncer`); an in-process model can
-replace it later. Its inference script resolves `configs/` and `checkpoints/` against the working
+from ours), so it is a subprocess behind the same small interface (`LipSyncer`). Its inference script resolves `configs/` and `checkpoints/` against the working
 directory and writes intermediate files to a fixed `./temp` (and shells out to ffmpeg with unquoted
 paths), so every job runs in a private folder holding links to the checkout's configs and
 checkpoints and copies of the inputs under fixed, space-free names.
@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -21,7 +22,7 @@ from persona.errors import PersonaError
 from persona.files import atomic_path, hash_json
 from persona.inference.memory import Lazy
 from persona.inference.plan import LipsyncSettings, SceneDir, scene_seed
-from persona.inference.stage import RenderJob, Stage, Tick
+from persona.inference.stage import RenderJob, Stage, Tick, model_key
 from persona.media import read_audio, write_audio
 from persona.models import find
 from persona.progress import warn
@@ -33,23 +34,69 @@ SYNC_RATE = 16000  # LatentSync's audio encoder (Whisper) takes 16 kHz
 
 
 class LipSyncer(Protocol):
+    """A loaded lip-sync model: the mouth of `video` re-drawn to `audio`, written to `out`."""
+
+    def sync(self, video: Path, audio: Path, out: Path, *, seed: int, boxes: list | None,
+             progress: Callable[[int], None]) -> dict[str, Any]: ...
+
+
+class Backend(Protocol):
+    """A lip-sync backend before loading: what identifies it in cache keys, and how to load it."""
+
     name: str
 
+    def identity(self) -> str: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def open(self) -> LipSyncer: ...
+
+
+MUSETALK_MODELS = ("musetalk", "sd-vae", "whisper-tiny")
+
+
+class MuseTalkBackend:
+    """MuseTalk 1.5 in this process (inference/musetalk.py): faces from the project's dlib tracker, or
+    the face boxes the footage already carries."""
+
+    name = "musetalk"
+
+    def __init__(self, paths: dict[str, Path], settings: LipsyncSettings):
+        self.paths, self.settings = paths, settings
+
     def identity(self) -> str:
-        """What goes into the cache key: the model (or checkout) and its configuration."""
-        ...
+        return model_key(*self.paths.values())
 
     def describe(self) -> dict[str, Any]:
-        """What render.json records about it."""
-        ...
+        return {"models": {k: str(v) for k, v in self.paths.items()}}
 
-    def sync(self, video: Path, audio: Path, out: Path, seed: int) -> None: ...
+    def open(self) -> LipSyncer:
+        from persona.inference.musetalk import MuseTalk  # torch and diffusers: only when a scene is synced
+
+        model = MuseTalk(self.paths["musetalk"], self.paths["sd-vae"], self.paths["whisper-tiny"],
+                         batch_size=self.settings.batch_size)
+        return MuseTalkRun(model)
+
+
+class MuseTalkRun:
+    def __init__(self, model: Any):
+        self.model = model
+
+    def sync(self, video: Path, audio: Path, out: Path, *, seed: int, boxes: list | None,
+             progress: Callable[[int], None]) -> dict[str, Any]:
+        return self.model.sync(video, audio, out, boxes=boxes, progress=progress)  # deterministic: no seed
+
+    def close(self) -> None:
+        self.model.close()
 
 
 class LatentSync:
     """One `python -m scripts.inference` run per scene, in a private working folder."""
 
     name = "latentsync"
+
+    def open(self) -> "LatentSync":
+        return self
 
     def __init__(self, checkout: Path, settings: LipsyncSettings):
         self.checkout = checkout.resolve()
@@ -100,7 +147,9 @@ class LatentSync:
         shutil.copyfile(video, job / "input.mp4")
         write_audio(job / "input.wav", read_audio(audio, SYNC_RATE), SYNC_RATE)
 
-    def sync(self, video: Path, audio: Path, out: Path, seed: int) -> None:
+    def sync(self, video: Path, audio: Path, out: Path, *, seed: int = 0, boxes: list | None = None,
+             progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+        """One LatentSync process (it finds faces itself: `boxes` are not used); progress comes at the end."""
         with tempfile.TemporaryDirectory(prefix="persona-latentsync-") as tmp:
             job = Path(tmp)
             self.prepare(job, video, audio)
@@ -118,19 +167,27 @@ class LatentSync:
                                    fix=f"run `{' '.join(self.command(seed))}` in the checkout to see why")
             with atomic_path(out) as part:
                 shutil.copyfile(result, part)
+        return {}
 
 
-def lipsyncer(ws: Workspace, settings: LipsyncSettings) -> LipSyncer | None:
-    """The configured lip syncer, or None when lip sync is off or no checkout is set up."""
+def lipsyncer(ws: Workspace, settings: LipsyncSettings) -> tuple[Backend | None, str | None]:
+    """The configured lip-sync backend, or None and the reason (off, or its weights are missing)."""
     if not settings.enabled:
-        return None
+        return None, "off in the render settings"
+    if settings.backend == "musetalk":
+        found = {k: find(k, models=ws.pack.models) for k in MUSETALK_MODELS}
+        missing = [k for k, f in found.items() if f is None or f.problems]
+        if missing:
+            return None, (f"MuseTalk's weights are missing ({', '.join(missing)}; `persona doctor` gives the commands "
+                          "that fetch them)")
+        return MuseTalkBackend({k: f.path for k, f in found.items()}, settings), None
     found = find("latentsync", models=ws.pack.models)
     if found is None:
-        return None
+        return None, "LatentSync is not configured (PERSONA_LATENTSYNC or [models] latentsync; see `persona doctor`)"
     if found.problems:
         raise PersonaError(f"LatentSync checkout: {'; '.join(found.problems)}", file=found.path,
                            fix="point PERSONA_LATENTSYNC or [models] latentsync at a LatentSync checkout")
-    return LatentSync(found.path, settings)
+    return LatentSync(found.path, settings), None
 
 
 class LipsyncStage(Stage):
@@ -140,14 +197,10 @@ class LipsyncStage(Stage):
 
     def __init__(self, job: RenderJob):
         settings = job.settings.lipsync
-        self.syncer = lipsyncer(job.ws, settings)
+        self.syncer, self.skipped = lipsyncer(job.ws, settings)
         self.model = self.syncer.name if self.syncer else ""
-        self.skipped: str | None = None
-        if self.syncer is None:
-            self.skipped = "off in the render settings" if not settings.enabled else \
-                "LatentSync is not configured (PERSONA_LATENTSYNC or [models] latentsync; see `persona doctor`)"
-            if settings.enabled and any(s.scene.on_camera for s in job.scenes):
-                warn(f"lip sync skipped: {self.skipped}; on-camera scenes keep their unsynced video", once=True)
+        if self.syncer is None and settings.enabled and any(s.scene.on_camera for s in job.scenes):
+            warn(f"lip sync skipped: {self.skipped}; on-camera scenes keep their unsynced video", once=True)
 
     def scenes(self, job: RenderJob) -> list[SceneDir]:
         return [s for s in job.scenes if s.scene.on_camera] if self.syncer else []
@@ -156,19 +209,28 @@ class LipsyncStage(Stage):
         assert self.syncer is not None
         video, narration = scene.record("video.mp4").get("key"), scene.record("narration.wav").get("key")
         return hash_json(["lipsync", video, narration, self.syncer.identity(),
-                          job.settings.lipsync.model_dump(exclude={"python", "timeout_seconds"}), job.settings.seed])
+                          job.settings.lipsync.model_dump(exclude={"python", "timeout_seconds", "batch_size"}), job.settings.seed])
 
     def work(self, job: RenderJob, scene: SceneDir) -> float:
         return scene.record("video.mp4").get("frames") or 1
 
-    def load(self, job: RenderJob) -> LipSyncer | None:
-        return self.syncer
+    def load(self, job: RenderJob) -> LipSyncer:
+        assert self.syncer is not None
+        return self.syncer.open()
 
     def make(self, job: RenderJob, scene: SceneDir, model: Lazy, tick: Tick) -> dict[str, Any]:
         seed = scene_seed(job.settings.seed, "lipsync", scene.scene.narration)
-        model.get().sync(scene.path("video.mp4"), scene.path("narration.wav"), scene.path(self.output), seed)
-        tick(self.work(job, scene))
-        return {"seed": seed, "tool": self.model}
+        video = scene.record("video.mp4")
+        done = [0]
+
+        def counted(n: int) -> None:
+            done[0] += n
+            tick(n)
+
+        info = model.get().sync(scene.path("video.mp4"), scene.path("narration.wav"), scene.path(self.output),
+                                seed=seed, boxes=video.get("boxes"), progress=counted)
+        tick(max(0, self.work(job, scene) - done[0]))  # a backend that reports nothing on the way
+        return {"seed": seed, "tool": self.model, **{k: v for k, v in (info or {}).items() if k != "boxes"}}
 
     def summary(self, job: RenderJob) -> dict[str, Any]:
         synced = [s.label for s in self.scenes(job)]

@@ -102,6 +102,9 @@ class LipsyncSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
+    # musetalk: in-process (MuseTalk 1.5 weights, `persona doctor`); latentsync: the user's checkout
+    backend: Literal["musetalk", "latentsync"] = "musetalk"
+    batch_size: int = Field(default=8, ge=1)  # musetalk: frames per UNet call
     steps: int = 20
     guidance: float = 1.5
     deepcache: bool = True
@@ -123,6 +126,17 @@ class FinishSettings(BaseModel):
     tile_overlap: int = Field(default=16, ge=0)
 
 
+class PresenterSettings(BaseModel):
+    """Where on-camera scenes come from (a scene's own `presenter` field in script.json overrides `source`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # footage: a presenter clip of the person (datasets/presenter), looped and lip-synced;
+    # generated: a FLUX keyframe with the LoRA, animated by Wan; auto: footage when the pack has clips
+    source: Literal["auto", "footage", "generated"] = "auto"
+    crossfade: float = Field(default=0.2, ge=0, le=2)  # seconds blended at each turn of a looped clip
+
+
 class RenderSettings(BaseModel):
     """Everything a render depends on besides the pack and the script; recipes/render/*.toml override it."""
 
@@ -135,6 +149,7 @@ class RenderSettings(BaseModel):
     narration: NarrationSettings = Field(default_factory=NarrationSettings)
     keyframes: KeyframeSettings = Field(default_factory=KeyframeSettings)
     video: VideoSettings = Field(default_factory=VideoSettings)
+    presenter: PresenterSettings = Field(default_factory=PresenterSettings)
     lipsync: LipsyncSettings = Field(default_factory=LipsyncSettings)
     finish: FinishSettings = Field(default_factory=FinishSettings)
     assembly: AssemblySettings = Field(default_factory=AssemblySettings)

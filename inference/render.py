@@ -15,17 +15,19 @@ import re
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from persona.config import prompt_text, resolve_settings
 from persona.errors import PersonaError
 from persona.files import hash_json, is_fresh, mark_fresh, write_json, write_text
-from persona.inference import assemble
+from persona.inference import assemble, presenter
 from persona.inference.finish import FinishStage
 from persona.inference.keyframes import KeyframeStage
 from persona.inference.lipsync import LipsyncStage
 from persona.inference.narration import NarrationStage
+from persona.inference.presenter import Clip, FootageStage
 from persona.inference.plan import STAGES, RenderDir, RenderSettings, SceneDir, check_profile, detect_profile
 from persona.inference.script import Script, load_script, make_backend, messages_for, read_topic, write_script
 from persona.inference.speech import VoiceFiles
@@ -101,16 +103,50 @@ def _keep_previous(rdir: RenderDir, why: str) -> None:
     info(f"{why}; the previous script is kept as {kept}")
 
 
-def preflight(ws: Workspace) -> VoiceFiles:
-    """Fail before any heavy work when the pack lacks what a stage needs."""
-    missing = []
-    if ws.pack.voice is None:
-        missing.append("the narration stage needs a voice ([voice]: run `persona train-voice`)")
-    if ws.pack.lora is None:
-        missing.append("the keyframe stage needs the likeness LoRA ([lora]: run `persona train-lora`)")
-    if missing:
-        raise PersonaError("; ".join(missing), file=ws.manifest_path, fix="train the missing parts of the pack first")
-    return VoiceFiles.from_workspace(ws)
+@dataclass
+class PackParts:
+    """What the pack brings to a render, and what is zero-shot for want of a trained part."""
+
+    voice: VoiceFiles
+    voice_trained: bool
+    lora: bool
+    clips: list[Clip]
+
+    def zero_shot(self) -> list[str]:
+        return [part for part, trained in (("voice", self.voice_trained), ("likeness", self.lora)) if not trained]
+
+
+def preflight(ws: Workspace) -> PackParts:
+    """Fail before any heavy work when the pack lacks what a stage needs. A pack right after ingest
+    (datasets, no training) renders: narration zero-shot from the voice dataset's reference clip,
+    on-camera scenes from the person's own footage, b-roll from FLUX without the LoRA."""
+    voice = VoiceFiles.from_workspace(ws) if ws.pack.voice else VoiceFiles.zero_shot(ws)
+    return PackParts(voice, ws.pack.voice is not None, ws.pack.lora is not None, presenter.clips(ws))
+
+
+def sources(scenes: list[SceneDir], pack: PackParts, settings: RenderSettings) -> dict[str, str]:
+    """Each scene's picture: "footage" (a presenter clip), "generated" (FLUX + Wan with the likeness)
+    or "b-roll" (off camera: FLUX + Wan, never the likeness)."""
+    out = {}
+    for s in scenes:
+        if not s.scene.on_camera:
+            out[s.label] = "b-roll"
+            continue
+        choice = s.scene.presenter or settings.presenter.source
+        if choice == "auto":
+            choice = "footage" if pack.clips else "generated"
+        if choice == "footage" and not pack.clips:
+            raise PersonaError(f"scene {s.label} asks for the presenter's footage, and this pack has no presenter "
+                               "clips", file=s.folder.parent.parent / "script.json",
+                               fix="set its presenter to \"generated\", or run `persona ingest` on footage where the "
+                                   "person faces the camera alone")
+        if choice == "generated" and not pack.lora:
+            raise PersonaError(f"scene {s.label} is an on-camera scene to generate, and this pack has no likeness "
+                               "LoRA", file=s.folder.parent.parent / "script.json",
+                               fix="run `persona train-lora`, or render it from footage (presenter \"footage\"; "
+                                   "`persona ingest` finds presenter clips)")
+        out[s.label] = choice
+    return out
 
 
 def sweep(rdir: RenderDir) -> None:
@@ -140,7 +176,7 @@ def render(ws: Workspace, topic: Path | None = None, *, script_file: Path | None
     check_profile(settings)
     name = render_name(name, topic, script_file)
     rdir = RenderDir(ws.root / "renders" / name)
-    voice_files = preflight(ws)
+    pack = preflight(ws)
     created = not rdir.root.exists()
     rdir.root.mkdir(parents=True, exist_ok=True)
     sweep(rdir)
@@ -149,7 +185,7 @@ def render(ws: Workspace, topic: Path | None = None, *, script_file: Path | None
         "name": name, "persona": ws.name, "consent": consent.summary(), "profile": settings.profile,
         "started": dt.datetime.now().isoformat(timespec="seconds"),
         "settings": settings.model_dump(mode="json", exclude={"script": {"api_key"}}),
-        "stages": {}, "model_loads": job.loads, "completed": False,
+        "stages": {}, "model_loads": job.loads, "completed": False, "zero_shot": pack.zero_shot(),
     }
 
     def timed(label: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -172,20 +208,31 @@ def render(ws: Workspace, topic: Path | None = None, *, script_file: Path | None
     for s in rdir.scenes:
         s.folder.mkdir(parents=True, exist_ok=True)
 
-    plan: list[tuple[str, Callable[[], Stage]]] = [
-        ("narration", lambda: NarrationStage(voice_files)),
-        ("keyframes", lambda: KeyframeStage(job)),
-        ("video", lambda: VideoStage(job)),
-        ("lipsync", lambda: LipsyncStage(job)),
-        ("finish", lambda: FinishStage(job)),
+    source = sources(rdir.scenes, pack, settings)
+    record["sources"] = source
+    if pack.zero_shot():
+        info(f"zero-shot: {' and '.join(pack.zero_shot())} (train them for the best likeness: "
+             + ", ".join(f"`persona train-{'voice' if p == 'voice' else 'lora'}`" for p in pack.zero_shot()) + ")")
+    drawn = [s for s in rdir.scenes if source[s.label] != "footage"]
+    filmed = [s for s in rdir.scenes if source[s.label] == "footage"]
+    plan: list[tuple[str, Callable[[], list[Stage]]]] = [
+        ("narration", lambda: [NarrationStage(pack.voice)]),
+        ("keyframes", lambda: [KeyframeStage(job, drawn)] if drawn else []),
+        ("video", lambda: ([FootageStage(job, filmed, pack.clips)] if filmed else [])
+                           + ([VideoStage(job, drawn)] if drawn else [])),
+        ("lipsync", lambda: [LipsyncStage(job)]),
+        ("finish", lambda: [FinishStage(job)]),
     ]
-    for label, make_stage in plan:
+    for label, make_stages in plan:
         if until is not None and STAGES.index(label) > STAGES.index(until):
             break
 
-        def run(make_stage: Callable[[], Stage] = make_stage, label: str = label) -> dict[str, Any]:
-            with meter(label, None) as m:
-                return run_stage(job, make_stage(), m)
+        def run(make_stages: Callable[[], list[Stage]] = make_stages, label: str = label) -> dict[str, Any]:
+            results = []
+            for stage in make_stages():
+                with meter(label if stage.name == label else f"{label} ({stage.name})", None) as m:
+                    results.append(run_stage(job, stage, m))
+            return merge_results(results)
 
         result = timed(label, run)
         if label == "narration":
@@ -200,9 +247,22 @@ def render(ws: Workspace, topic: Path | None = None, *, script_file: Path | None
     write_json(rdir.record, record)
     return {"render": str(rdir.root), "final": str(rdir.root / "final.mp4") if record["completed"] else None,
             "title": script.title, "scenes": len(rdir.scenes), "model_loads": job.loads,
+            "zero_shot": pack.zero_shot(), "sources": source,
             "stages": {k: {"rendered": v.get("rendered"), "reused": v.get("reused"), "moved": v.get("moved"),
                            "seconds": v["seconds_taken"]}
                        for k, v in record["stages"].items()}}
+
+
+def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One render.json entry for a step made by several stages (footage and generated video)."""
+    out: dict[str, Any] = {"rendered": [], "reused": [], "moved": []}
+    for r in results:
+        for k, v in r.items():
+            if k in out:
+                out[k] = sorted(out[k] + v)
+            else:
+                out[k] = v
+    return out
 
 
 def _check_durations(seconds: list[float], settings: RenderSettings) -> None:

@@ -47,6 +47,10 @@ class Scene(BaseModel):
     image_prompt: str = Field(min_length=3, max_length=400, description="what the keyframe shows")
     motion_prompt: str = Field(min_length=3, max_length=200, description="how the shot moves")
     on_camera: bool = Field(description="is the person on screen in this scene?")
+    # Only for on-camera scenes; None follows the render setting presenter.source. Not asked of the
+    # LLM (it is a production choice, not part of the writing): set it by editing script.json.
+    presenter: Literal["footage", "generated"] | None = Field(
+        default=None, description="footage: the person's own clip, lip-synced; generated: FLUX + Wan")
 
     def sentences(self) -> list[str]:
         return [s for s in SENTENCE_END.split(self.narration.strip()) if s]
@@ -78,6 +82,7 @@ def script_schema(s: "ScriptSettings") -> dict[str, Any]:
     schema["properties"]["scenes"].update(minItems=s.min_scenes, maxItems=s.max_scenes)
     schema["properties"]["title"]["maxLength"] = s.max_title_chars
     scene = schema["properties"]["scenes"]["items"]
+    scene["properties"].pop("presenter", None)  # a production choice the user makes, not the LLM
     narration = scene["properties"]["narration"]
     narration["pattern"] = narration_pattern(s.max_sentence_chars)
     # The pattern bounds the length; outlines ignores a pattern that comes with min/maxLength.

@@ -20,7 +20,7 @@ import numpy as np
 
 from persona.device import default_device, free_memory
 from persona.errors import PersonaError
-from persona.models import f5_arch, locate
+from persona.models import f5_arch, f5_base_files, locate
 
 SAMPLE_RATE = 24000
 
@@ -62,6 +62,31 @@ class VoiceFiles:
                 raise PersonaError(f"[voice] {name} points at a missing file", file=getattr(out, name),
                                    fix="run `persona train-voice` again, or fix the path in persona.toml")
         return out
+
+
+    @classmethod
+    def zero_shot(cls, ws: Any) -> "VoiceFiles":
+        """F5-TTS v1 Base speaking in the voice of the voice dataset's reference clip, with no
+        training: what a pack can narrate with right after `persona ingest`."""
+        folder = ws.pack.datasets.voice
+        if not folder:
+            raise PersonaError("this persona has neither a trained voice ([voice]) nor a voice dataset to speak "
+                               "zero-shot from", file=ws.manifest_path,
+                               fix="run `persona ingest` on footage or audio of the person (then, for the best "
+                                   "likeness, `persona train-voice`)")
+        root = ws.path(folder)
+        audio, text = root / "reference.wav", root / "reference.txt"
+        for f in (audio, text):
+            if not f.is_file():
+                raise PersonaError("the voice dataset has no reference clip to speak zero-shot from", file=f,
+                                   fix="run `persona ingest` again")
+        transcript = text.read_text(encoding="utf-8").strip()
+        if not transcript:
+            raise PersonaError("the reference clip has no transcript, which zero-shot F5-TTS needs", file=text,
+                               fix="add a Whisper model (`persona doctor` says how) and run `persona ingest` again, "
+                                   "or write what the clip says into this file")
+        checkpoint, vocab, _ = f5_base_files(ws.pack.models)
+        return cls(checkpoint, vocab, audio, transcript, locate("vocos", models=ws.pack.models))
 
 
 class Voice:

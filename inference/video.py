@@ -64,9 +64,13 @@ class VideoStage(Stage):
 
     name, output = "video", "video.mp4"
 
-    def __init__(self, job: RenderJob):
+    def __init__(self, job: RenderJob, scenes: list[SceneDir]):
+        self.animated = scenes
         self.anchor, self.path, self.model = resolve_model(job.ws, job.settings.video.anchor)
         self.model_id = model_key(self.path)
+
+    def scenes(self, job: RenderJob) -> list[SceneDir]:
+        return self.animated
 
     def frames(self, scene: SceneDir) -> int:
         return scene.record("narration.wav")["frames"]

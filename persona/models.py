@@ -213,6 +213,20 @@ def f5_pretrained_vocab() -> Path:
     return Path(str(files("f5_tts").joinpath("infer/examples/vocab.txt")))
 
 
+F5_BASE_FILE = "F5TTS_v1_Base/model_1250000.safetensors"
+
+
+def f5_base_files(models: dict[str, str] | None = None, explicit: str | Path | None = None) -> tuple[Path, Path, str]:
+    """The pretrained F5-TTS checkpoint (from a snapshot folder or a checkpoint file), its vocab, and
+    a name for records (the Hub path when it came from the cache). Fine-tuning starts from it, and
+    a pack without a trained voice narrates with it zero-shot."""
+    found = locate_entry("f5-tts", explicit, models)
+    checkpoint = found.path if found.path.is_file() else found.path / F5_BASE_FILE
+    vocab = checkpoint.parent / "vocab.txt"
+    name = f"{found.repo}/{F5_BASE_FILE}" if found.repo else str(checkpoint)
+    return checkpoint, vocab if vocab.exists() else f5_pretrained_vocab(), name
+
+
 def f5_arch(checkpoint: Path) -> dict:
     """The DiT settings of an F5-TTS checkpoint: `model_config.json` beside it when there is one
     (smaller variants, the tiny test models), else F5TTS_v1_Base's."""

@@ -212,7 +212,8 @@ def test_render_with_lipsync_interpolation_and_upscaling(pack, checkout, tmp_pat
     pack.update("models", {"latentsync": str(checkout)})
     script = tmp_path / "s.json"
     script.write_text(json.dumps(SCRIPT))
-    s = render(pack, None, script_file=script, profile="demo", overrides={"finish": {"output_height": 144}})
+    s = render(pack, None, script_file=script, profile="demo",
+               overrides={"finish": {"output_height": 144}, "lipsync": {"backend": "latentsync"}})
     rdir = Path(s["render"])
     record = read_json(rdir / "render.json")
     assert record["stages"]["lipsync"]["synced"] == ["01"] and record["stages"]["lipsync"]["rendered"] == ["01"]

@@ -116,12 +116,13 @@ def test_killed_render_resumes_without_redoing_narration(pack):
 
 
 def test_pack_without_lora_or_voice(make_workspace, pack):
-    with pytest.raises(PersonaError, match="train-voice") as e:
+    with pytest.raises(PersonaError, match="neither a trained voice") as e:
         _render(make_workspace(name="Other Person"))
-    assert "train-lora" in str(e.value)
-    pack.update("lora", None)
-    with pytest.raises(PersonaError, match="keyframe stage needs the likeness LoRA"):
+    assert "persona ingest" in str(e.value)
+    pack.update("lora", None)  # on-camera scenes to generate need the LoRA, when there is no footage
+    with pytest.raises(PersonaError, match="scene 01 is an on-camera scene to generate.*no likeness LoRA") as e:
         _render(pack)
+    assert "train-lora" in str(e.value)
 
 
 def test_consent_is_required(pack):

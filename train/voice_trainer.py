@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 SAMPLE_RATE, HOP = 24000, 256
 MEL = dict(n_fft=1024, hop_length=HOP, win_length=1024, n_mel_channels=100, target_sample_rate=SAMPLE_RATE,
            mel_spec_type="vocos")
-BASE_FILE = "F5TTS_v1_Base/model_1250000.safetensors"
+BASE_FILE = model_registry.F5_BASE_FILE
 EMBEDDING_KEY = "transformer.text_embed.text_embed.weight"
 
 
@@ -49,13 +49,8 @@ class Base:
 
 def find_base(models: dict[str, str], explicit: str | Path | None = None) -> Base:
     """The pretrained checkpoint (an F5-TTS snapshot folder or a checkpoint file), its vocab and architecture."""
-    found = model_registry.locate_entry("f5-tts", explicit, models)
-    path = found.path
-    checkpoint = path if path.is_file() else path / BASE_FILE
-    vocab = checkpoint.parent / "vocab.txt"
-    arch = model_registry.f5_arch(checkpoint)
-    name = f"{found.repo}/{BASE_FILE}" if found.repo else str(checkpoint)
-    return Base(checkpoint, vocab if vocab.exists() else model_registry.f5_pretrained_vocab(), arch, name)
+    checkpoint, vocab, name = model_registry.f5_base_files(models, explicit)
+    return Base(checkpoint, vocab, model_registry.f5_arch(checkpoint), name)
 
 
 def read_weights(path: Path) -> dict[str, Any]:
