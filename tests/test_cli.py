@@ -99,11 +99,13 @@ def test_demo_keeps_a_workspace(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout)
     assert summary["kept"] and list(summary["steps"]) == ["tiny models", "footage", "init", "doctor", "ingest",
-                                                          "train-lora", "train-voice", "speak", "render"]
+                                                          "first video", "train-lora", "train-voice", "speak",
+                                                          "render"]
     assert summary["ingest"]["images"] >= 1 and summary["ingest"]["voice_clips"] >= 1
     assert 0 < summary["speak_seconds"][0] < summary["speak_seconds"][1]
-    video = summary["render"]
-    assert video["fps"] >= 30 and min(video["size"]) >= 720 and video["seconds"] > 0
+    first, video = summary["first-video"], summary["render"]
+    assert first["zero_shot"] == ["voice", "likeness"] and first["seconds"] > 0  # before any training
+    assert video["zero_shot"] == [] and video["fps"] >= 30 and min(video["size"]) >= 360 and video["seconds"] > 0
     from persona.workspace import Workspace
 
     ws = Workspace(tmp_path / "d" / "workspace")
