@@ -202,7 +202,7 @@ class Job:
     fps: float
     width: int
     height: int
-    source_frames: int
+    source_frames: int  # frames of the video read (all of them when it is shorter than the narration)
     frames: int  # output frames: the narration's length at the video's fps
     crops: list[tuple[int, int, int, int] | None]  # per source frame: the MuseTalk crop box, or no face
     samples: np.ndarray  # the narration, 16 kHz mono
@@ -273,8 +273,10 @@ class MuseTalk:
         free_memory()
 
     # ---- planning ----
-    def track(self, video: Path, boxes: list[Box | None] | None = None) -> tuple[list[tuple[int, int, int, int] | None], dict[str, Any]]:
-        """The MuseTalk crop box per frame of `video` (None where no face), smoothed over time.
+    def track(self, video: Path, boxes: list[Box | None] | None = None,
+              limit: int | None = None) -> tuple[list[tuple[int, int, int, int] | None], dict[str, Any]]:
+        """The MuseTalk crop box per frame of `video` (None where no face), smoothed over time; only
+        the first `limit` frames when given.
 
         `boxes` (one face box per frame in persona.faces' detector convention, or None) skips
         detection; landmarks are still fitted inside each box, which is cheap.
@@ -286,7 +288,11 @@ class MuseTalk:
         raw: list[Box | None] = []
         held: Box | None = None
         reference = None
+        whole = True
         for i, (_, frame) in enumerate(iter_frames(video)):
+            if limit is not None and i >= max(limit, (self.reference_frame or 0) + 1):
+                whole = False
+                break
             if boxes is not None:
                 if i >= len(boxes):
                     raise PersonaError(f"the face boxes cover {len(boxes)} frames but the video has more", file=video,
@@ -300,7 +306,7 @@ class MuseTalk:
                 reference = self._crop(frame, box) if box is not None else None
         if not raw:
             raise PersonaError("has no video frames", file=video, fix="re-export the clip")
-        if boxes is not None and len(boxes) != len(raw):
+        if boxes is not None and whole and len(boxes) != len(raw):
             raise PersonaError(f"the face boxes cover {len(boxes)} frames but the video has {len(raw)}", file=video,
                                fix="pass one box (or None) per video frame")
         if self.reference_frame is not None and reference is None:
@@ -328,12 +334,15 @@ class MuseTalk:
         samples = read_audio(audio, AUDIO_RATE)
         if len(samples) == 0:
             raise PersonaError("the narration is empty", file=audio, fix="render the narration again")
-        crops, info = self.track(video, boxes)
-        if not info["fps"]:
+        fps = probe(video).fps
+        if not fps:
             raise PersonaError("has no frame rate", file=video, fix="re-export it as mp4 (H.264)")
-        return Job(video, audio, info["fps"], info["width"], info["height"], len(crops),
-                   frames_for(len(samples) / AUDIO_RATE, info["fps"]), crops, samples, info["reference"],
-                   extra={"detected": info["detected"]})
+        frames = frames_for(len(samples) / AUDIO_RATE, fps)
+        # Frames past the narration's end are not tracked, except the few that steady the last crops.
+        beyond = math.ceil((self.gap_seconds + 3 * self.smooth_seconds) * fps) + 1
+        crops, info = self.track(video, boxes, limit=frames + beyond)
+        return Job(video, audio, fps, info["width"], info["height"], len(crops), frames, crops, samples,
+                   info["reference"], extra={"detected": info["detected"]})
 
     # ---- audio ----
     @torch.inference_mode()

@@ -17,7 +17,7 @@ from PIL import Image
 from persona.errors import PersonaError
 from persona.media import iter_frames, probe, read_audio, stream_durations, write_audio, write_video
 
-CLIP_SECONDS = 1.2
+CLIP_SECONDS = 0.8
 WIDTH = 360  # real footage is 1080x1920: a third keeps the face above the detector's 80 px
 
 
@@ -102,7 +102,7 @@ def test_only_the_lower_face_changes(syncer, face_frames, tmp_path):
 @pytest.mark.parametrize("fps", [16, 25, 30])
 def test_frames_follow_the_narration_at_any_frame_rate(syncer, face_frames, tmp_path, fps):
     video = clip(tmp_path, face_frames, fps)
-    seconds = 3 * CLIP_SECONDS + 0.13  # longer than the video: it is played back and forth
+    seconds = 2 * CLIP_SECONDS + 0.13  # longer than the video: it is played back and forth
     audio = narration(tmp_path, seconds)
     out = tmp_path / "synced.mp4"
     steps: list[int] = []
