@@ -197,12 +197,18 @@ def test_weights_holding_code_are_refused(models, tmp_path):
     assert "unet.pth" in message and "\n" not in message and "weights_only" not in message
 
 
-def test_missing_models_say_how_to_fetch(tmp_path, monkeypatch):
+def test_models_are_located_or_their_fetch_command_given(models, tmp_path, monkeypatch):
     import huggingface_hub.constants as c
 
     from persona.inference.musetalk import MuseTalk
 
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty"))
-    monkeypatch.delenv("PERSONA_MUSETALK", raising=False)
+    for key in ("PERSONA_MUSETALK", "PERSONA_SD_VAE", "PERSONA_WHISPER_TINY"):
+        monkeypatch.delenv(key, raising=False)
     with pytest.raises(PersonaError, match="hf download TMElyralab/MuseTalk --include 'musetalkV15/musetalk.json'"):
         MuseTalk.from_models({})
+    with pytest.raises(PersonaError, match="hf download openai/whisper-tiny"):
+        MuseTalk.from_models({"musetalk": str(models["musetalk"]), "sd-vae": str(models["sd-vae"])})
+    mt = MuseTalk.from_models({k: str(v) for k, v in models.items()}, device="cpu")
+    assert mt.name == "musetalk" and mt.dtype == torch.float32
+    mt.close()
