@@ -71,6 +71,7 @@ def narration(folder: Path, seconds: float, sr: int = 24000) -> Path:
     return write_audio(folder / f"narration-{seconds:g}.wav", samples, sr)
 
 
+@pytest.mark.slow
 def test_only_the_lower_face_changes(syncer, face_frames, tmp_path):
     video = clip(tmp_path, face_frames, 25)
     job = syncer.prepare(video, narration(tmp_path, CLIP_SECONDS - 0.2))
@@ -99,6 +100,7 @@ def test_only_the_lower_face_changes(syncer, face_frames, tmp_path):
     assert job.faces_found + job.faces_missing == job.frames
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fps", [16, 25, 30])
 def test_frames_follow_the_narration_at_any_frame_rate(syncer, face_frames, tmp_path, fps):
     video = clip(tmp_path, face_frames, fps)
@@ -120,6 +122,7 @@ def test_frames_follow_the_narration_at_any_frame_rate(syncer, face_frames, tmp_
     assert not list(tmp_path.glob(".musetalk-*")), "the frame spool was left behind"
 
 
+@pytest.mark.slow
 def test_a_longer_video_is_cut_to_the_narration(syncer, face_frames, tmp_path):
     video = clip(tmp_path, face_frames, 30)
     summary = syncer.sync(video, narration(tmp_path, 0.5), tmp_path / "short.mp4")
