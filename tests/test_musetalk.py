@@ -152,6 +152,23 @@ def test_given_boxes_skip_detection(syncer, face_frames, tmp_path):
         syncer.prepare(video, audio, boxes=boxes[:3])
 
 
+def test_a_chosen_reference_frame(models, face_frames, tmp_path):
+    from persona.inference.musetalk import FACE_SIZE, MuseTalk
+
+    video = clip(tmp_path, face_frames[:8], 25)
+    audio = narration(tmp_path, 0.2)
+    mt = MuseTalk(models["musetalk"], models["sd-vae"], models["whisper-tiny"], device="cpu", reference_frame=6)
+    try:
+        job = mt.prepare(video, audio)  # the narration needs 5 frames; the reference is frame 6
+        assert job.reference is not None and job.reference.shape == (FACE_SIZE, FACE_SIZE, 3)
+        out = list(mt.render(job))
+        assert len(out) == 5 and job.faces_found == 5
+        with pytest.raises(PersonaError, match="reference frame 6 shows no face"):
+            mt.prepare(video, audio, boxes=[None] * 8)
+    finally:
+        mt.close()
+
+
 def test_audio_windows_follow_frame_times(syncer):
     from persona.inference.musetalk import FEATURE_RATE, WINDOW, WINDOW_BEFORE
 
