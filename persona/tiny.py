@@ -427,6 +427,63 @@ def build_upscaler(out: Path, seed: int = 0) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# MuseTalk 1.5 (as TMElyralab/MuseTalk musetalkV15/), its VAE (as stabilityai/sd-vae-ft-mse) and
+# Whisper tiny in transformers' layout (as openai/whisper-tiny)
+# ---------------------------------------------------------------------------------------------
+MUSETALK_TINY_DIM = 32  # the tiny Whisper's feature size = the tiny UNet's cross-attention size
+
+
+def build_musetalk(out: Path, seed: int = 0) -> Path:
+    """musetalkV15/musetalk.json (a UNet2DConditionModel config: 8 channels in, 4 out, attending to
+    Whisper features) and unet.pth, a plain state dict as upstream publishes it."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    folder = out / "musetalkV15"
+    folder.mkdir(parents=True)
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        # attention only at the lower resolution: self-attention over all 32x32 latent pixels would
+        # dominate the tiny model's CPU time
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=2, cross_attention_dim=MUSETALK_TINY_DIM, norm_num_groups=8,
+    )
+    (folder / "musetalk.json").write_text(json.dumps(dict(unet.config), indent=2, default=list))
+    torch.save(unet.state_dict(), folder / "unet.pth")
+    return out
+
+
+def build_sd_vae(out: Path, seed: int = 0) -> Path:
+    """An AutoencoderKL with the real one's 8x downsampling (3 down blocks) and scaling factor."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(4, 4, 8, 8), layers_per_block=1,
+        latent_channels=4, norm_num_groups=4, sample_size=256, scaling_factor=0.18215,
+    ).save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
+def build_whisper_tiny(out: Path, seed: int = 0) -> Path:
+    """A WhisperModel and its feature extractor (80 mel bins, 30 s windows, as whisper-tiny). MuseTalk
+    only runs the encoder, so no tokenizer is written."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    torch.manual_seed(seed)
+    config = WhisperConfig(
+        vocab_size=64, num_mel_bins=80, d_model=MUSETALK_TINY_DIM, encoder_layers=2, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        max_source_positions=1500, max_target_positions=64, pad_token_id=0, bos_token_id=1, eos_token_id=1,
+        decoder_start_token_id=2, suppress_tokens=[], begin_suppress_tokens=[],
+    )
+    WhisperModel(config).save_pretrained(str(out))
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(str(out))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # a tiny persona pack (what train-voice and train-lora would export), for tests and benchmarks
 # ---------------------------------------------------------------------------------------------
 def random_lora(flux: Path, out: Path, rank: int = 4, seed: int = 0) -> Path:
@@ -478,6 +535,9 @@ FAMILIES: dict[str, Callable[[Path], Path]] = {
     "llm": build_llm,
     "film": build_film,
     "upscaler": build_upscaler,
+    "musetalk": build_musetalk,
+    "sd-vae": build_sd_vae,
+    "whisper-tiny": build_whisper_tiny,
 }
 
 
