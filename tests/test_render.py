@@ -52,8 +52,11 @@ def test_three_scenes_end_to_end(rendered):
     assert credentials["consent"]["granted_by"] == ws.pack.consent.granted_by
     record = read_json(rdir / "render.json")
     assert record["stages"]["assemble"]["content_credentials"]["signed"] is True
-    assert record["completed"] and record["model_loads"] == {"f5-tts": 1, "flux": 1, "wan-flf2v": 1, "film": 1}
-    assert record["stages"]["lipsync"]["skipped"] and record["stages"]["finish"]["interpolation"] == "film"
+    assert record["completed"] and record["model_loads"] == {"f5-tts": 1, "flux": 1, "wan-flf2v": 1, "musetalk": 1,
+                                                             "film": 1}
+    assert record["stages"]["lipsync"]["synced"] == ["01", "03"] and record["stages"]["lipsync"]["tool"] == "musetalk"
+    assert record["stages"]["finish"]["interpolation"] == "film"
+    assert record["sources"] == {"01": "generated", "02": "b-roll", "03": "generated"} and record["zero_shot"] == []
     assert record["stages"]["assemble"]["loudness"]["output_lufs"] == pytest.approx(-14, abs=1.0)
     seeds = [s["keyframe_seed"] for s in record["scenes"]]
     assert len(set(seeds)) == 3 and record["scenes"][0]["keyframe_prompt"].startswith(ws.token)
