@@ -463,24 +463,38 @@ class Dispatcher:
         for job in jobs:
             pending.put(job)
         results: queue.Queue[tuple[str, Any, Any]] = queue.Queue()
-        stop = threading.Event()
+        stop, lock, in_flight = threading.Event(), threading.Lock(), [0]
 
-        def worker(client: ComfyUI) -> None:
-            while not stop.is_set():
+        def take() -> tuple[bool, Any]:
+            with lock:
                 try:
                     job = pending.get_nowait()
                 except queue.Empty:
-                    break
+                    return False, in_flight[0] == 0  # nothing left, and nothing that could come back
+                in_flight[0] += 1
+                return True, job
+
+        def worker(client: ComfyUI) -> None:
+            while not stop.is_set():
+                got, job = take()
+                if not got:
+                    if job:
+                        break
+                    time.sleep(0.2)  # a job running elsewhere may come back if its server goes away
+                    continue
                 try:
                     results.put(("done", job, work(client, job)))
                 except ServerGone as e:
-                    pending.put(job)  # another server may do it
+                    pending.put(job)  # another server may do it (put back before in_flight drops)
                     results.put(("gone", job, e))
                     return
                 except BaseException as e:  # noqa: BLE001 - carried to the caller's thread and raised there
                     stop.set()
                     results.put(("failed", job, e))
                     return
+                finally:
+                    with lock:
+                        in_flight[0] -= 1
             results.put(("idle", None, None))
 
         threads = [threading.Thread(target=worker, args=(c,), daemon=True, name=f"comfyui {c.url}") for c in self.clients]
