@@ -58,10 +58,10 @@ def client(server):
     c.close()
 
 
-@pytest.fixture
-def second_server(tmp_path, upscaler):
-    """A server of this test's own, to kill."""
-    s = _start(tmp_path / "comfyui-2", upscaler)
+@pytest.fixture(scope="module")
+def second_server(tmp_path_factory, upscaler):
+    """A second server: the dispatch test shares work with it, then the kill test kills it."""
+    s = _start(tmp_path_factory.mktemp("comfyui-2"), upscaler)
     yield s
     s.stop()
 
@@ -276,6 +276,18 @@ def test_ctrl_c_interrupts_the_server_and_is_reraised(client, server, tmp_path, 
 
 
 # -- several servers, and one that dies --------------------------------------------------------------
+def test_jobs_go_to_whichever_server_is_free(server, second_server, tmp_path, upscaler):
+    clients = [ComfyUI(server.url), ComfyUI(second_server.url)]
+    image = _image(tmp_path / "in.png", (128, 128))
+    used = []
+    for (i, _), (url, result) in Dispatcher(clients).run(
+            [(i, image) for i in range(4)],
+            lambda c, job: (c.url, c.run(_slow_graph(job[1], upscaler), {"image": tmp_path / f"o{job[0]}.png"}))):
+        used.append(url)
+        assert result.files["image"].exists()
+    assert sorted(set(used)) == sorted([server.url, second_server.url]) and len(used) == 4
+
+
 def test_server_killed_mid_graph_is_one_line_and_the_job_moves_to_a_free_server(server, second_server, tmp_path, upscaler):
     image = _image(tmp_path / "in.png", (256, 256))
     dying = ComfyUI(second_server.url, ComfyUISettings(connect_timeout=2))
@@ -301,18 +313,6 @@ def test_server_killed_mid_graph_is_one_line_and_the_job_moves_to_a_free_server(
         jobs, lambda c, job: (c.url, c.run(_scale_graph(job[1], 16, 16), {"image": tmp_path / f"o{job[0]}.png"}))))
     assert sorted(i for i, _ in done) == [0, 1, 2] and {url for url, _ in done.values()} == {server.url}
     assert all((tmp_path / f"o{i}.png").exists() for i in range(3))
-
-
-def test_jobs_go_to_whichever_server_is_free(server, second_server, tmp_path, upscaler):
-    clients = [ComfyUI(server.url), ComfyUI(second_server.url)]
-    image = _image(tmp_path / "in.png", (128, 128))
-    used = []
-    for (i, _), (url, result) in Dispatcher(clients).run(
-            [(i, image) for i in range(4)],
-            lambda c, job: (c.url, c.run(_slow_graph(job[1], upscaler), {"image": tmp_path / f"o{job[0]}.png"}))):
-        used.append(url)
-        assert result.files["image"].exists()
-    assert sorted(set(used)) == sorted([server.url, second_server.url]) and len(used) == 4
 
 
 def test_a_node_error_on_one_server_stops_the_dispatch_after_the_running_jobs(server, tmp_path):
@@ -341,3 +341,18 @@ def test_discovery_lists_each_stage_models_and_what_the_server_has(client, serve
     assert s2v["ready"]  # the placeholders carry the default names
     infinitetalk = next(m for m in report["stages"]["talking"] if m["mode"] == "infinitetalk")
     assert infinitetalk["missing_nodes"] == ["WanInfiniteTalkToVideo"] and not infinitetalk["ready"]
+
+
+def test_doctor_reports_what_a_comfyui_server_lacks(server):
+    import json
+
+    from click.testing import CliRunner
+
+    from persona.cli import cli
+
+    out = CliRunner().invoke(cli, ["doctor", "--json", "--comfyui-url", server.url])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout)["comfyui"][0]
+    assert report["url"] == server.url and "talking" in report["stages"]
+    humo = next(m for m in report["stages"]["talking"] if m["mode"] == "humo")
+    assert humo["ready"] and all(m["found"] for m in humo["models"])
