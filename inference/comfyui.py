@@ -103,7 +103,7 @@ class JobResult:
     prompt_id: str
     server: str
     files: dict[str, Path]  # graph output name -> the local file it was written to
-    seconds: dict[str, float] = field(default_factory=dict)  # upload, check, queue, wait, execution, download, total
+    seconds: dict[str, float] = field(default_factory=dict)  # upload check connect queue wait history download total; execution
 
     @property
     def overhead(self) -> float:
@@ -317,9 +317,10 @@ class ComfyUI:
         import websocket
 
         client_id = uuid.uuid4().hex
+        t = time.perf_counter()
         ws = self._connect(client_id)  # before queueing, so no message is missed
+        timing: dict[str, float] = {"connect": time.perf_counter() - t}
         prompt_id = None
-        timing: dict[str, float] = {}
         try:
             t = time.perf_counter()
             prompt_id = self.queue(api, client_id)
@@ -377,7 +378,9 @@ class ComfyUI:
         finally:
             self.running = None
             ws.close()
+        t = time.perf_counter()
         entry = self.history(prompt_id)
+        timing["history"] = time.perf_counter() - t
         if entry is None:
             raise ServerGone(f"{self.name} lost the {graph.label} graph: /history does not know it",
                              fix="the server restarted; run the same command again (finished scenes are kept)")
