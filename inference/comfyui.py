@@ -415,9 +415,10 @@ class ComfyUI:
         raise gone
 
 
-def _first_line(text: Any) -> str:
-    lines = str(text or "").strip().splitlines()
-    return lines[0] if lines else "(no message)"
+def _first_line(text: Any, limit: int = 300) -> str:
+    """A server's exception message as one line (PyTorch's load errors put the reason on line two)."""
+    line = " ".join(str(text or "").split()) or "(no message)"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _json_or_none(response: Any) -> Any:

@@ -266,8 +266,8 @@ def test_ctrl_c_interrupts_the_server_and_is_reraised(client, server, tmp_path, 
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        client.run(_slow_graph(_image(tmp_path / "in.png", (256, 256)), upscaler), {"image": tmp_path / "s.png"}, press_ctrl_c)
-    deadline = time.monotonic() + 120
+        client.run(_slow_graph(_image(tmp_path / "in.png", (128, 128), (10, 200, 30)), upscaler), {"image": tmp_path / "s.png"}, press_ctrl_c)
+    deadline = time.monotonic() + 300  # the blur finishes first: a node is interrupted between nodes
     while (entry := httpx.get(f"{server.url}/history/{seen[0]}").json().get(seen[0])) is None:
         assert time.monotonic() < deadline
         time.sleep(0.5)
@@ -275,13 +275,45 @@ def test_ctrl_c_interrupts_the_server_and_is_reraised(client, server, tmp_path, 
     assert "execution_interrupted" in kinds and not entry["outputs"]
 
 
+@pytest.fixture(scope="session")
+def comfy_flux(server, tmp_path_factory) -> tuple[dict[str, str], Path]:
+    """The smallest FLUX, CLIP-L and VAE ComfyUI loads, in the server's models/ (see
+    comfyui_server.build_comfy_flux for why they cannot be smaller), and a LoRA in the pack's format."""
+    lora = tmp_path_factory.mktemp("pack") / "lora" / "likeness.safetensors"
+    return comfyui_server.build_comfy_flux(server.models, lora), lora
+
+
+def test_flux_keyframe_with_the_pack_lora_runs_end_to_end(client, server, comfy_flux, tmp_path):
+    names, lora = comfy_flux
+    client.object_info(refresh=True)
+
+    def keyframe(strength: float) -> cg.Graph:
+        g = cg.flux_keyframe(cg.FluxModels(unet=names["unet"], clip_l=names["clip"], t5=names["clip"], vae=names["vae"]),
+                             "MichaelPound explains convolutions in a kitchen", 64, 64,
+                             cg.Sampling(steps=2, cfg=1.0, seed=3), 3.5, lora=lora, lora_strength=strength)
+        # The one substitution: T5-XXL cannot be made small for ComfyUI, so this FLUX reads CLIP-L's output.
+        clip = next(nid for nid, n in g.nodes.items() if n["class_type"] == "DualCLIPLoader")
+        g.nodes[clip] = {"class_type": "CLIPLoader", "inputs": {"clip_name": names["clip"], "type": "stable_diffusion"}}
+        return g
+
+    events = []
+    with_lora = np.asarray(Image.open(client.run(keyframe(1.0), {"image": tmp_path / "with.png"}, events.append)
+                                      .files["image"]).convert("RGB")).astype(float)
+    base = np.asarray(Image.open(client.run(keyframe(0.0), {"image": tmp_path / "base.png"}).files["image"])
+                      .convert("RGB")).astype(float)
+    assert with_lora.shape == (64, 64, 3) and with_lora.std() > 1  # a picture, not a NaN-black frame
+    assert np.abs(with_lora - base).mean() > 0.1  # ComfyUI applied the pack's LoRA
+    sampler = [e for e in events if e.class_type == "KSampler"]
+    assert sampler and sampler[-1].value == sampler[-1].max == 2
+    assert "lora key not loaded" not in (server.base / "server.log").read_text(errors="replace")
+
+
 # -- several servers, and one that dies --------------------------------------------------------------
 def test_jobs_go_to_whichever_server_is_free(server, second_server, tmp_path, upscaler):
     clients = [ComfyUI(server.url), ComfyUI(second_server.url)]
-    image = _image(tmp_path / "in.png", (128, 128))
     used = []
     for (i, _), (url, result) in Dispatcher(clients).run(
-            [(i, image) for i in range(4)],
+            [(i, _image(tmp_path / f"in{i}.png", (128, 128), (40 * i, 90, 90))) for i in range(4)],
             lambda c, job: (c.url, c.run(_slow_graph(job[1], upscaler), {"image": tmp_path / f"o{job[0]}.png"}))):
         used.append(url)
         assert result.files["image"].exists()
@@ -289,7 +321,7 @@ def test_jobs_go_to_whichever_server_is_free(server, second_server, tmp_path, up
 
 
 def test_server_killed_mid_graph_is_one_line_and_the_job_moves_to_a_free_server(server, second_server, tmp_path, upscaler):
-    image = _image(tmp_path / "in.png", (256, 256))
+    image = _image(tmp_path / "in.png", (128, 128), (30, 30, 220))  # new to both servers: no cached result
     dying = ComfyUI(second_server.url, ComfyUISettings(connect_timeout=2))
 
     def kill_when_running() -> None:
