@@ -313,7 +313,7 @@ def test_jobs_go_to_whichever_server_is_free(server, second_server, tmp_path, up
     clients = [ComfyUI(server.url), ComfyUI(second_server.url)]
     used = []
     for (i, _), (url, result) in Dispatcher(clients).run(
-            [(i, _image(tmp_path / f"in{i}.png", (128, 128), (40 * i, 90, 90))) for i in range(4)],
+            [(i, _image(tmp_path / f"in{i}.png", (64, 64), (40 * i, 90, 90))) for i in range(4)],
             lambda c, job: (c.url, c.run(_slow_graph(job[1], upscaler), {"image": tmp_path / f"o{job[0]}.png"}))):
         used.append(url)
         assert result.files["image"].exists()
@@ -327,7 +327,7 @@ def test_server_killed_mid_graph_is_one_line_and_the_job_moves_to_a_free_server(
     def kill_when_running() -> None:
         while not httpx.get(f"{second_server.url}/queue").json()["queue_running"]:
             time.sleep(0.1)
-        time.sleep(0.5)
+        time.sleep(0.2)
         second_server.kill()
 
     killer = threading.Thread(target=kill_when_running, daemon=True)
