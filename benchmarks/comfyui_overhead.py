@@ -8,6 +8,7 @@ target is <= 2 % of a GPU-sized scene; as CPU jobs here execute in well under a 
 is also shown against a 60 s scene (one Wan chunk on a 24 GB card takes minutes, so this is generous).
 
     python benchmarks/comfyui_overhead.py                      # starts ../shared/comfyui on CPU
+    python benchmarks/comfyui_overhead.py --flux                # + FLUX keyframe with a LoRA (minutes on CPU)
     python benchmarks/comfyui_overhead.py --url http://127.0.0.1:8188 --repeats 5
 """
 
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 GPU_SCENE_SECONDS = 60.0
 
 
-def jobs(tmp: Path, upscaler_name: str | None, run: int) -> dict[str, tuple]:
+def jobs(tmp: Path, upscaler_name: str | None, run: int, flux: tuple[dict[str, str], Path] | None = None) -> dict[str, tuple]:
     """The graphs, on inputs new to the server each run (ComfyUI would otherwise answer from its cache)."""
     import soundfile as sf
 
@@ -53,6 +54,14 @@ def jobs(tmp: Path, upscaler_name: str | None, run: int) -> dict[str, tuple]:
                         image=up.node("LoadImage", image=cg.LocalFile(key)))
         up.output("image", up.node("SaveImage", images=image, filename_prefix="persona/bench"))
         out["upscale"] = (up, "image", ".png")
+    if flux is not None:
+        names, lora = flux
+        g = cg.flux_keyframe(cg.FluxModels(unet=names["unet"], clip_l=names["clip"], t5=names["clip"], vae=names["vae"]),
+                             f"MichaelPound in a kitchen, take {run}", 256, 256, cg.Sampling(steps=4, cfg=1.0, seed=run),
+                             3.5, lora=lora, lora_strength=1.0)
+        clip = next(nid for nid, n in g.nodes.items() if n["class_type"] == "DualCLIPLoader")
+        g.nodes[clip] = {"class_type": "CLIPLoader", "inputs": {"clip_name": names["clip"], "type": "stable_diffusion"}}
+        out["flux"] = (g, "image", ".png")
     return out
 
 
@@ -60,12 +69,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running ComfyUI (default: start ../shared/comfyui on CPU)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--flux", action="store_true", help="also the FLUX keyframe graph with a LoRA, on the smallest "
+                        "FLUX ComfyUI loads (builds 1.4 GB of random weights; needs the server started here)")
     args = parser.parse_args()
     from persona.inference.comfyui import ComfyUI
 
     with tempfile.TemporaryDirectory(prefix="persona-comfy-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
-        server, upscaler = None, None
+        server, upscaler, flux = None, None, None
         if args.url is None:
             import comfyui_server
 
@@ -75,13 +86,16 @@ def main() -> None:
             if why:
                 sys.exit(why)
             upscaler = tiny.build_upscaler(tmp / "base" / "models" / "upscale_models").name
+            if args.flux:
+                lora = tmp / "pack" / "likeness.safetensors"
+                flux = comfyui_server.build_comfy_flux(tmp / "base" / "models", lora), lora
             server = comfyui_server.start(tmp / "base")
         client = ComfyUI(args.url or server.url)
         try:
             print(f"{'job':30} {'run':>3} {'upload':>6} {'check':>6} {'connect':>7} {'queue':>6} {'wait':>6} "
                   f"{'history':>7} {'download':>8} {'total':>6} {'exec':>6} {'overhead':>8} {'of 60 s':>7}")
             for i in range(args.repeats):
-                for name, (graph, output, suffix) in jobs(tmp, upscaler, i).items():
+                for name, (graph, output, suffix) in jobs(tmp, upscaler, i, flux).items():
                     r = client.run(graph, {output: tmp / "out" / f"{name}{i}{suffix}"})
                     s = r.seconds
                     print(f"{graph.label:30} {i + 1:>3} {s['upload']:6.3f} {s['check']:6.3f} {s['connect']:7.3f} "

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from persona.errors import PersonaError
 from persona.files import atomic_path, hash_file
-from persona.inference.comfy_graphs import ROLES, STAGE_NEEDS, Graph, check, pick_model
+from persona.inference.comfy_graphs import ROLES, STAGE_NEEDS, Graph, check, choices, pick_model
 
 ENV_URL = "PERSONA_COMFYUI_URL"
 T = TypeVar("T")
@@ -203,8 +203,6 @@ class ComfyUI:
         for node in ("LoraLoaderModelOnly", "LoraLoader"):
             if node in self.object_info():
                 self.refresh_node(node)
-        from persona.inference.comfy_graphs import choices
-
         if name not in (choices(self.object_info(), "LoraLoaderModelOnly", "lora_name") or []):
             raise PersonaError(f"{self.name} stored the LoRA but does not list it as {name}", file=path,
                                fix=f"copy the file to that server's models/loras/{name} and run again")
@@ -377,7 +375,7 @@ class ComfyUI:
             raise
         finally:
             self.running = None
-            ws.close()
+            ws.close(timeout=0.2)  # the default waits up to 3 s for the server's close frame
         t = time.perf_counter()
         entry = self.history(prompt_id)
         timing["history"] = time.perf_counter() - t
