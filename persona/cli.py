@@ -137,9 +137,11 @@ def init(name: str, directory: Path | None, token: str | None, person: str | Non
 
 # ------------------------------------------------------------------------------------------------
 @cli.command(context_settings=CONTEXT)
+@click.option("--comfyui-url", "comfyui_urls", multiple=True,
+              help="Also check this ComfyUI server's nodes and models per stage (repeatable; default: PERSONA_COMFYUI_URL).")
 @json_option
 @click.pass_obj
-def doctor(ctx: Ctx, as_json: bool) -> None:
+def doctor(ctx: Ctx, comfyui_urls: tuple[str, ...], as_json: bool) -> None:
     """Show what this machine has: GPU, FFmpeg, disk, and every model per stage.
 
     Missing models come with the exact command that fetches them on a machine with internet.
@@ -152,7 +154,13 @@ def doctor(ctx: Ctx, as_json: bool) -> None:
     """
     from persona import doctor as doc
 
-    report = doc.diagnose(ctx.workspace_or_none())
+    comfyui = None
+    urls_given = comfyui_urls or os.environ.get("PERSONA_COMFYUI_URL")
+    if urls_given:
+        from persona.inference.comfyui import ComfyUI, discover, merge_urls
+
+        comfyui = [discover(ComfyUI(url)) for url in merge_urls((), comfyui_urls)]
+    report = doc.diagnose(ctx.workspace_or_none(), comfyui)
     if as_json:
         emit(report, True)
     else:

@@ -56,8 +56,10 @@ def _disk(path: Path) -> float:
     return round(shutil.disk_usage(path).free / 2**30, 1)
 
 
-def diagnose(workspace: Any | None = None) -> dict[str, Any]:
-    """Everything doctor reports, as data (the CLI renders it or prints it as JSON)."""
+def diagnose(workspace: Any | None = None, comfyui: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Everything doctor reports, as data (the CLI renders it or prints it as JSON). `comfyui` holds one
+    report per configured ComfyUI server (persona.inference.comfyui.discover: the CLI makes them, as
+    the core does not import the stages)."""
     import av
     from huggingface_hub import constants as hf
 
@@ -94,7 +96,10 @@ def diagnose(workspace: Any | None = None) -> dict[str, Any]:
         path = _package_file(package, rel)
         bundled.append({"title": title, "stages": [stage], "found": path is not None, "path": str(path) if path else None,
                         "fetch": None if path else f"pip install {package.replace('_', '-')}"})
-    return {"system": system, "models": models, "bundled": bundled, "verdict": _verdict(gpu, models, bundled)}
+    report = {"system": system, "models": models, "bundled": bundled, "verdict": _verdict(gpu, models, bundled)}
+    if comfyui:
+        report["comfyui"] = comfyui
+    return report
 
 
 def _verdict(gpu: dict[str, Any], models: list[dict[str, Any]], bundled: list[dict[str, Any]]) -> dict[str, list[str]]:
@@ -154,7 +159,33 @@ def render(report: dict[str, Any]) -> None:
             if e.get("note"):
                 console.print(f"      [dim]{escape(e['note'])}[/dim]")
     console.print(escape("Paths can also be set in persona.toml [models] or with PERSONA_<KEY> (e.g. PERSONA_FLUX)."))
+    for server in report.get("comfyui") or []:
+        _render_comfyui(server)
     v = report["verdict"]
     console.print("[bold green]This machine can:[/bold green] " + escape("; ".join(v["can"])))
     if v["cannot"]:
         console.print("[bold yellow]It cannot yet:[/bold yellow] " + escape("; ".join(v["cannot"])))
+
+
+def _render_comfyui(server: dict[str, Any]) -> None:
+    """One ComfyUI server: per render stage and mode, the model files it has and the ones it lacks."""
+    from rich.markup import escape
+
+    from persona.progress import console
+
+    if not server.get("reachable"):
+        console.print(f"[bold]ComfyUI[/bold] {escape(server['url'])}: [red]✗[/red] {escape(server.get('error', 'unreachable'))}")
+        return
+    console.print(f"[bold]ComfyUI[/bold] {escape(server['url'])} (version {server.get('version')}, "
+                  f"{escape(str(server.get('device')))}, {server.get('vram_gb')} GB)")
+    for stage, modes in server["stages"].items():
+        for mode in modes:
+            mark = "[green]✓[/green]" if mode["ready"] else "[red]✗[/red]"
+            console.print(f"  {mark} {stage}: {mode['mode']}")
+            for node in mode["missing_nodes"]:
+                console.print(f"      missing node: {escape(node)} (update ComfyUI)")
+            for m in mode["models"]:
+                if m["found"]:
+                    console.print(f"      [green]✓[/green] models/{m['folder']}/{escape(m['file'])}")
+                else:
+                    console.print(f"      [red]✗[/red] {escape(m['title'])}: {escape(m['fix'])}")

@@ -1,0 +1,167 @@
+"""A real ComfyUI 0.8.0 server for tests: ../shared/comfyui started on CPU on a free local port, with
+every writable folder in a temp dir (that source tree is read-only), stopped after."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_COMFYUI = Path(os.environ.get("PERSONA_SHARED_COMFYUI", REPO.parent / "shared" / "comfyui"))
+# What ComfyUI imports beyond persona's own dependencies (the `test` extra installs them).
+EXTRA_MODULES = ("torchsde", "kornia", "sqlalchemy", "alembic", "comfy_kitchen", "pydantic_settings",
+                 "comfyui_frontend_package", "websocket")
+
+
+def unavailable() -> str | None:
+    """Why a ComfyUI server cannot be started here, or None."""
+    if not (SHARED_COMFYUI / "main.py").is_file():
+        return f"ComfyUI source not found at {SHARED_COMFYUI} (../shared/comfyui is absent on this machine)"
+    missing = [m for m in EXTRA_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"ComfyUI's packages are not installed ({', '.join(missing)}): pip install -e '.[test]'"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    base: Path
+    proc: subprocess.Popen
+
+    @property
+    def models(self) -> Path:
+        return self.base / "models"
+
+    def kill(self) -> None:
+        """Stop it the hard way (as a crash or a restart would), and wait until it is gone."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def start(base: Path, timeout: float = 240.0) -> Server:
+    """Start ComfyUI with its folders under `base` (put model files in base/models/<kind>/ first)."""
+    for sub in ("custom_nodes", "models", "user", "output", "temp", "input"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = open(base / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, str(SHARED_COMFYUI / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+         "--base-directory", str(base), "--database-url", "sqlite:///:memory:"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=base, start_new_session=True,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    server = Server(f"http://127.0.0.1:{port}", base, proc)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ComfyUI exited with {proc.returncode}: {_tail(base / 'server.log')}")
+        try:
+            if httpx.get(f"{server.url}/object_info/SaveImage", timeout=5).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    server.stop()
+    raise RuntimeError(f"ComfyUI did not serve /object_info within {timeout:.0f} s: {_tail(base / 'server.log')}")
+
+
+def _tail(path: Path, n: int = 1500) -> str:
+    return path.read_text(errors="replace")[-n:] if path.exists() else "(no log)"
+
+
+def place_placeholders(models: Path, names: dict[str, list[str]]) -> None:
+    """Empty files under the names loaders list ({folder: [file names]}): enough for /object_info's
+    enums and so for checking graphs, never for running them."""
+    for folder, files in names.items():
+        for name in files:
+            path = models / folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+
+
+# ------------------------------------------------------------------------------------------------
+# The smallest FLUX that ComfyUI 0.8.0 loads, and a LoRA for it in the pack's format
+# ------------------------------------------------------------------------------------------------
+# ComfyUI sizes its models from fixed configs, not from the file: FLUX is detected from its keys
+# (comfy/model_detection.py) with num_heads = 24 and axes_dim = [16, 56, 56], and
+# comfy/ldm/flux/model.py requires hidden_size // num_heads == sum(axes_dim), so the width is 3072;
+# only the block counts and the text/pooled widths come from the file. One double and one single block
+# is 535 M parameters (1.07 GB in bf16). Its CLIP-L (comfy/sd1_clip_config.json) and VAE (ch 128,
+# ch_mult 1-2-4-4) are fixed at full size too (123 M and 84 M), and DualCLIPLoader's "flux" type always
+# builds T5-XXL from comfy/text_encoders/t5_config_xxl.json (4.7 B parameters, 9.5 GB in fp16) whatever
+# the file holds: no tiny T5 can be loaded. The FLUX built here therefore takes CLIP-L's 768-wide
+# output as its text context (txt_in and vector_in are read from the file), loaded with
+# CLIPLoader(type="stable_diffusion").
+def build_comfy_flux(models: Path, lora: Path, seed: int = 0) -> dict[str, str]:
+    """Random FLUX (diffusers layout, which UNETLoader converts), CLIP-L and FLUX-VAE files under
+    models/, and a random LoRA saved as the pack's is; returns {role: file name}."""
+    import torch
+    from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(shape, std=0.02):
+        return (torch.randn(shape, generator=gen) * std).to(torch.bfloat16)
+
+    with torch.device("meta"):  # shapes only: random values are drawn below, far faster than init
+        flux = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                      attention_head_dim=128, num_attention_heads=24, joint_attention_dim=768,
+                                      pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
+    state = {k: (torch.ones(v.shape, dtype=torch.bfloat16) if ".norm" in k and k.endswith("norm_q.weight")
+                 or k.endswith("norm_k.weight") or k.endswith("norm_added_q.weight") or k.endswith("norm_added_k.weight")
+                 else randn(v.shape))
+             for k, v in flux.state_dict().items()}
+    names = {"unet": "persona-test-flux.safetensors", "clip": "persona-test-clip-l.safetensors",
+             "vae": "persona-test-flux-vae.safetensors"}
+    for folder in ("diffusion_models", "text_encoders", "vae"):
+        (models / folder).mkdir(parents=True, exist_ok=True)
+    save_file(state, str(models / "diffusion_models" / names["unet"]))
+
+    # The LoRA: the layers persona's trainer adapts, in diffusers' format (what FluxPipeline writes).
+    layers = {}
+    for k, v in state.items():
+        if k.endswith(".weight") and any(f".attn.{t}.weight" in k for t in ("to_q", "to_k", "to_v", "to_out.0")):
+            base = k.removesuffix(".weight")
+            layers[f"{base}.lora_A.weight"] = randn((4, v.shape[1]), 0.05)
+            layers[f"{base}.lora_B.weight"] = randn((v.shape[0], 4), 0.05)
+    del state
+    lora.parent.mkdir(parents=True, exist_ok=True)
+    FluxPipeline.save_lora_weights(str(lora.parent), transformer_lora_layers=layers, weight_name=lora.name)
+
+    torch.manual_seed(seed)
+    clip = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                        num_attention_heads=12, projection_dim=768, hidden_act="quick_gelu"))
+    sd = {(k if k.startswith("text_model.") else "text_model." + k): v.half().contiguous() for k, v in clip.state_dict().items()}
+    sd["text_projection.weight"] = torch.eye(768, dtype=torch.float16)
+    save_file(sd, str(models / "text_encoders" / names["clip"]))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
+                        layers_per_block=2, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
+    save_file({k: v.half().contiguous() for k, v in vae.state_dict().items()}, str(models / "vae" / names["vae"]))
+    return names
