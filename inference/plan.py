@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from persona.device import gpu_memory, largest_fitting
 from persona.errors import PersonaError
+from persona.inference.comfyui import ComfyUISettings
 from persona.files import atomic_path, hash_json, is_fresh, mark_fresh, read_json, record_path
 from persona.inference.script import Scene, ScriptSettings
 
@@ -132,8 +133,11 @@ class PresenterSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # footage: a presenter clip of the person (datasets/presenter), looped and lip-synced;
-    # generated: a FLUX keyframe with the LoRA, animated by Wan; auto: footage when the pack has clips
-    source: Literal["auto", "footage", "generated"] = "auto"
+    # generated: a FLUX keyframe with the LoRA, animated by Wan, then lip-synced;
+    # talking: the keyframe made to speak the narration by an audio-driven video model (Wan2.2-S2V or
+    #   HuMo; the ComfyUI engine only), with no separate lip-sync pass; auto: footage when the pack has clips
+    source: Literal["auto", "footage", "generated", "talking"] = "auto"
+    talking_model: Literal["s2v", "humo"] = "s2v"
     crossfade: float = Field(default=0.2, ge=0, le=2)  # seconds blended at each turn of a looped clip
 
 
@@ -142,6 +146,10 @@ class RenderSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # diffusers: FLUX and Wan in this process; comfyui: keyframes and video on the ComfyUI servers in
+    # [comfyui] urls (or --comfyui-url, PERSONA_COMFYUI_URL), with their own models and GPUs
+    engine: Literal["diffusers", "comfyui"] = "diffusers"
+    comfyui: ComfyUISettings = Field(default_factory=ComfyUISettings)
     profile: str = "auto"  # what the recipe was written for (informational)
     aspect: Literal["16:9", "9:16"] = "16:9"
     seed: int = 0

@@ -49,8 +49,9 @@ class Scene(BaseModel):
     on_camera: bool = Field(description="is the person on screen in this scene?")
     # Only for on-camera scenes; None follows the render setting presenter.source. Not asked of the
     # LLM (it is a production choice, not part of the writing): set it by editing script.json.
-    presenter: Literal["footage", "generated"] | None = Field(
-        default=None, description="footage: the person's own clip, lip-synced; generated: FLUX + Wan")
+    presenter: Literal["footage", "generated", "talking"] | None = Field(
+        default=None, description="footage: the person's own clip, lip-synced; generated: FLUX + Wan, lip-synced; "
+                                  "talking: FLUX + audio-driven video (ComfyUI engine)")
 
     def sentences(self) -> list[str]:
         return [s for s in SENTENCE_END.split(self.narration.strip()) if s]

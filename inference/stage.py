@@ -77,6 +77,13 @@ class Stage(ABC):
         """Write `scene.path(self.output)`; return what its record should say besides the key.
         `model.get()` loads the model on first use; `tick(n)` reports n units of progress."""
 
+    def make_all(self, job: RenderJob, scenes: list[SceneDir], model: Lazy, tick: Tick
+                 ) -> Iterator[tuple[SceneDir, dict[str, Any]]]:
+        """Make every scene in `scenes`, yielding each with its record as it is done. One after the
+        other here; an engine with several servers overrides it to make scenes at once."""
+        for s in scenes:
+            yield s, self.make(job, s, model, tick)
+
     def summary(self, job: RenderJob) -> dict[str, Any]:
         """Extra fields for this stage's entry in render.json."""
         return {}
@@ -118,9 +125,8 @@ def run_stage(job: RenderJob, stage: Stage, progress: Meter) -> dict[str, Any]:
     # A stage without a model of its own counts its loads itself (finish: FILM and the upscaler).
     loads = job.loads if stage.model else {}
     with disk_full_is_kept(stage.name, job.rdir.root), Lazy(lambda: stage.load(job), stage.model, loads) as model:
-        for s in make:
-            info = stage.make(job, s, model, progress.advance)
-            mark_fresh(s.path(stage.output), keys[s.label], **info)
+        for s, info in stage.make_all(job, make, model, progress.advance):
+            mark_fresh(s.path(stage.output), keys[s.label], **info)  # kept the moment it is made
     if not make:
         progress.update(1, total=1)
     return {**result, **stage.summary(job)}
