@@ -43,9 +43,13 @@ class KeyframeStage(Stage):
     name, output, model = "keyframes", "keyframe.png", "flux"
 
     def __init__(self, job: RenderJob, scenes: list[SceneDir]):
+        self.flux = locate("flux", models=job.ws.pack.models)
+        self.flux_id = model_key(self.flux)
+        self.set_lora(job, scenes)
+
+    def set_lora(self, job: RenderJob, scenes: list[SceneDir]) -> None:
         ws = job.ws
         self.drawn = scenes
-        self.flux = locate("flux", models=ws.pack.models)
         # Without a trained LoRA (right after ingest) only b-roll is drawn: FLUX alone, at strength 0
         # anyway; the render's plan sends on-camera scenes to the footage then.
         self.lora = ws.path(ws.pack.lora.path) if ws.pack.lora else None
@@ -53,7 +57,6 @@ class KeyframeStage(Stage):
             raise PersonaError("[lora] path points at a missing file", file=self.lora, fix="run `persona train-lora` again")
         self.lora_id = hash_file(self.lora) if self.lora else None
         self.strength = lora_strength(ws, job.settings) if self.lora else 0.0
-        self.flux_id = model_key(self.flux)
 
     def scenes(self, job: RenderJob) -> list[SceneDir]:
         return self.drawn

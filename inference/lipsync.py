@@ -203,7 +203,10 @@ class LipsyncStage(Stage):
             warn(f"lip sync skipped: {self.skipped}; on-camera scenes keep their unsynced video", once=True)
 
     def scenes(self, job: RenderJob) -> list[SceneDir]:
-        return [s for s in job.scenes if s.scene.on_camera] if self.syncer else []
+        # talking scenes were made to speak by their video model: they need no second pass
+        sources = job.notes.get("sources", {})
+        return [s for s in job.scenes if s.scene.on_camera and sources.get(s.label) != "talking"] \
+            if self.syncer else []
 
     def key(self, job: RenderJob, scene: SceneDir) -> str:
         assert self.syncer is not None

@@ -140,7 +140,12 @@ def sources(scenes: list[SceneDir], pack: PackParts, settings: RenderSettings) -
                                "clips", file=s.folder.parent.parent / "script.json",
                                fix="set its presenter to \"generated\", or run `persona ingest` on footage where the "
                                    "person faces the camera alone")
-        if choice == "generated" and not pack.lora:
+        if choice == "talking" and settings.engine != "comfyui":
+            raise PersonaError(f"scene {s.label} is a talking scene, which needs the ComfyUI engine (audio-driven "
+                               "video models run there)", file=s.folder.parent.parent / "script.json",
+                               fix="render with --engine comfyui --comfyui-url http://HOST:8188, or set its presenter "
+                                   "to \"footage\" or \"generated\"")
+        if choice in ("generated", "talking") and not pack.lora:
             raise PersonaError(f"scene {s.label} is an on-camera scene to generate, and this pack has no likeness "
                                "LoRA", file=s.folder.parent.parent / "script.json",
                                fix="run `persona train-lora`, or render it from footage (presenter \"footage\"; "
@@ -159,11 +164,13 @@ def sweep(rdir: RenderDir) -> None:
 
 
 def sweep_chunks(scenes: list[SceneDir]) -> None:
-    """Wan chunks are kept only to resume an unfinished scene; once its video is made they are waste."""
+    """Wan chunks (and the keyframe as sent to a ComfyUI server) are kept only to resume an unfinished
+    scene; once its video is made they are waste."""
     for s in scenes:
         if s.path("video.mp4").exists():
-            for chunk in s.folder.glob("video.chunk*"):
-                chunk.unlink(missing_ok=True)
+            for part in s.folder.glob("video.*"):
+                if part.name not in ("video.mp4", "video.mp4.json"):
+                    part.unlink(missing_ok=True)
 
 
 @locked("render")
@@ -213,13 +220,20 @@ def render(ws: Workspace, topic: Path | None = None, *, script_file: Path | None
     if pack.zero_shot():
         info(f"zero-shot: {' and '.join(pack.zero_shot())} (train them for the best likeness: "
              + ", ".join(f"`persona train-{'voice' if p == 'voice' else 'lora'}`" for p in pack.zero_shot()) + ")")
+    job.notes["sources"] = source
     drawn = [s for s in rdir.scenes if source[s.label] != "footage"]
     filmed = [s for s in rdir.scenes if source[s.label] == "footage"]
+    animated = [s for s in drawn if source[s.label] != "talking"]
+    talking = [s for s in drawn if source[s.label] == "talking"]
+    comfy = settings.engine == "comfyui"
+    if comfy:
+        from persona.inference.comfy_stages import ComfyKeyframeStage, ComfyVideoStage, TalkingStage
     plan: list[tuple[str, Callable[[], list[Stage]]]] = [
         ("narration", lambda: [NarrationStage(pack.voice)]),
-        ("keyframes", lambda: [KeyframeStage(job, drawn)] if drawn else []),
+        ("keyframes", lambda: [(ComfyKeyframeStage if comfy else KeyframeStage)(job, drawn)] if drawn else []),
         ("video", lambda: ([FootageStage(job, filmed, pack.clips)] if filmed else [])
-                           + ([VideoStage(job, drawn)] if drawn else [])),
+                           + ([(ComfyVideoStage if comfy else VideoStage)(job, animated)] if animated else [])
+                           + ([TalkingStage(job, talking)] if talking else [])),
         ("lipsync", lambda: [LipsyncStage(job)]),
         ("finish", lambda: [FinishStage(job)]),
     ]

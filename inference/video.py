@@ -112,26 +112,32 @@ class VideoStage(Stage):
                tick: Tick) -> np.ndarray:
         """Frames of chunk j of a scene (cached on disk); chunks after the first drop their opening
         frame under first-last anchoring (it is the keyframe the previous chunk ended on)."""
-        import torch
-
         v = job.settings.video
         chunk = s.path(f"video.chunk{j}.mp4")
         key = hash_json([scene_key, j, length])
         if is_fresh(chunk, key):
             tick(v.steps)
         else:
-            width, height = job.settings.video_size()
             seed = scene_seed(job.settings.seed, "video", video_prompt(s.scene), j)
-            out = wan.get()(image=image, last_image=image if self.anchor == "first-last" else None,
-                            prompt=video_prompt(s.scene), negative_prompt=v.negative_prompt, height=height,
-                            width=width, num_frames=length, num_inference_steps=v.steps, guidance_scale=v.guidance,
-                            max_sequence_length=v.max_sequence_length, output_type="np",
-                            callback_on_step_end=step_callback(tick),
-                            generator=torch.Generator("cpu").manual_seed(seed)).frames[0]
-            write_video(chunk, (np.clip(out, 0, 1) * 255).round().astype(np.uint8), v.fps, crf=12)
+            self.animate(job, wan, s, image, length, seed, chunk, tick)
             mark_fresh(chunk, key, seed=seed, frames=length)
         clip, _ = read_frames(chunk)
         return clip if (j == 0 or self.anchor != "first-last") else clip[1:]
+
+    def animate(self, job: RenderJob, wan: Lazy, s: SceneDir, image: Any, length: int, seed: int, chunk: Path,
+                tick: Tick) -> None:
+        """Write `length` frames of Wan animating `image` to `chunk`."""
+        import torch
+
+        v = job.settings.video
+        width, height = job.settings.video_size()
+        out = wan.get()(image=image, last_image=image if self.anchor == "first-last" else None,
+                        prompt=video_prompt(s.scene), negative_prompt=v.negative_prompt, height=height,
+                        width=width, num_frames=length, num_inference_steps=v.steps, guidance_scale=v.guidance,
+                        max_sequence_length=v.max_sequence_length, output_type="np",
+                        callback_on_step_end=step_callback(tick),
+                        generator=torch.Generator("cpu").manual_seed(seed)).frames[0]
+        write_video(chunk, (np.clip(out, 0, 1) * 255).round().astype(np.uint8), v.fps, crf=12)
 
     def summary(self, job: RenderJob) -> dict[str, Any]:
         return {"anchor": self.anchor, "model": str(self.path)}

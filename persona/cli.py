@@ -359,6 +359,14 @@ def speak(ctx: Ctx, text: str, output: Path, seed: int, steps: int, speed: float
 @click.option("--llm-url", help="Ollama or OpenAI-compatible server URL.")
 @click.option("--llm-model", help="Model name on that server.")
 @click.option("--anchor", type=click.Choice(["first-last", "restart"]), help="How long scenes stay anchored to their keyframe.")
+@click.option("--engine", type=click.Choice(["diffusers", "comfyui"]),
+              help="diffusers: FLUX and Wan in this process; comfyui: on your ComfyUI servers (--comfyui-url).")
+@click.option("--comfyui-url", "comfyui_urls", multiple=True,
+              help="A ComfyUI server for --engine comfyui (repeatable: scenes go to whichever is free; "
+                   "default: $PERSONA_COMFYUI_URL, or [comfyui] urls in the render recipe).")
+@click.option("--presenter", "presenter_source", type=click.Choice(["auto", "footage", "generated", "talking"]),
+              help="Where on-camera scenes come from (a scene's own \"presenter\" in script.json wins): auto = "
+                   "footage when the pack has presenter clips; talking needs --engine comfyui.")
 @click.option("--burn-subtitles", is_flag=True, default=None, help="Draw the subtitles into the picture as well.")
 @click.option("--label", is_flag=True, default=None,
               help='Burn a small "AI-generated" mark into the picture (for platforms that strip metadata).')
@@ -372,13 +380,16 @@ def speak(ctx: Ctx, text: str, output: Path, seed: int, steps: int, speed: float
 @click.pass_obj
 def render(ctx: Ctx, topic: Path | None, script_file: Path | None, name: str | None, profile: str,
            aspect: str | None, seed: int | None, llm_backend: str | None, llm_url: str | None, llm_model: str | None,
-           anchor: str | None, burn_subtitles: bool | None, label: bool | None, label_corner: str | None,
+           anchor: str | None, engine: str | None, comfyui_urls: tuple[str, ...], presenter_source: str | None,
+           burn_subtitles: bool | None, label: bool | None, label_corner: str | None,
            consent_reference: bool | None, until: str | None, as_json: bool) -> None:
     """Turn TOPIC (a text file) into an explainer video of the persona: renders/NAME/final.mp4.
 
-    Stages: script (LLM) -> narration (the trained voice) -> keyframes (FLUX + LoRA) -> video
-    (Wan 2.1) -> assembly (+ final.srt). renders/NAME/script.json can be edited and rendered again:
-    only the scenes that changed are redone, and a killed render resumes where it stopped.
+    Stages: script (LLM) -> narration (the voice) -> keyframes (FLUX + LoRA) -> video (the person's
+    own footage, or Wan 2.1) -> lip sync (MuseTalk) -> finish -> assembly (+ final.srt). Right after
+    `persona ingest`, with no training, it narrates zero-shot and puts the person's own footage on
+    camera. renders/NAME/script.json can be edited and rendered again: only the scenes that changed
+    are redone, and a killed render resumes where it stopped.
     final.mp4 carries signed Content Credentials (C2PA) saying it is AI-generated: check them with
     `persona verify`.
 
@@ -390,12 +401,14 @@ def render(ctx: Ctx, topic: Path | None, script_file: Path | None, name: str | N
       persona render --script my_script.json --profile 24gb --aspect 9:16
       persona render topic.txt --llm openai --llm-url http://localhost:8000 --llm-model qwen2.5
       persona render topic.txt --label --label-corner bottom-left   # a visible "AI-generated" mark
+      persona render topic.txt --engine comfyui --comfyui-url http://127.0.0.1:8188 --presenter talking
     """
     from persona.inference.render import render as run
 
     overrides = {"aspect": aspect, "seed": seed,
                  "script": {"backend": llm_backend, "url": llm_url, "model": llm_model},
-                 "video": {"anchor": anchor},
+                 "video": {"anchor": anchor}, "engine": engine,
+                 "comfyui": {"urls": list(comfyui_urls) or None}, "presenter": {"source": presenter_source},
                  "assembly": {"burn_subtitles": burn_subtitles, "label": True if label_corner else label,
                               "label_corner": label_corner, "consent_reference": consent_reference}}
     summary = run(ctx.workspace(), topic, script_file=script_file, name=name, profile=profile,
