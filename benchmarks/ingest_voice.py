@@ -7,7 +7,9 @@ clip cutting, quality filters, writing the dataset). Target: >= 50x real time on
 The input is a long recording of several real voices, made from the AMI meeting excerpts in
 ../shared/media/speech when present, else from the recordings shipped in the f5-tts wheel, with
 an enrollment clip of one voice. It runs on a fresh workspace (nothing cached), then once more
-to show what the cache saves.
+to show what the cache saves. Then it times the optional speaker encoder (a WeSpeaker ResNet34,
+`[models] speaker-embedding`) on the speech analysis of the first minutes: random weights of the
+real architecture and size, which cost what the real ones do.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--wespeaker-minutes", type=float, default=2.0, help="minutes analysed with the optional encoder (0: skip)")
     args = ap.parse_args()
 
     import torch
@@ -97,6 +100,31 @@ def main() -> None:
           f"({cold_cpu:.1f} CPU-seconds over all threads; the CPU may be shared: compare with `uptime`)")
     print(f"second run (cached):      {warm:.1f} s  -> {seconds / warm:.0f}x real time")
     sys.stdout.flush()
+    if args.wespeaker_minutes > 0:
+        optional_encoder(src, args.wespeaker_minutes)
+
+
+def optional_encoder(src: Path, minutes: float) -> None:
+    """Speech analysis (VAD, windows, embeddings, clusters) with a full-size WeSpeaker ResNet34."""
+    import torch
+    from pyannote.audio.models.embedding.wespeaker.resnet import ResNet34
+    from safetensors.torch import save_file
+
+    from persona.data import diarize
+    from persona.media import read_audio
+    from persona.speakers import WeSpeaker
+
+    with tempfile.TemporaryDirectory(prefix="persona-bench-wespeaker-") as tmp:
+        state = ResNet34(80, 256, two_emb_layer=False).state_dict()
+        save_file({k: v.contiguous() for k, v in state.items()}, f"{tmp}/model.safetensors")
+        encoder = WeSpeaker(f"{tmp}/model.safetensors")
+    wav = read_audio(src, 16000, 0.0, minutes * 60)
+    diarize.analyse(wav[:16000 * 5], encoder, 0.5, 0.3)  # warm-up
+    t0 = time.perf_counter()
+    diarize.analyse(wav, encoder, 0.5, 0.3)
+    took = time.perf_counter() - t0
+    print(f"optional encoder (WeSpeaker ResNet34, {sum(v.numel() for v in state.values()) / 1e6:.1f} M parameters), "
+          f"speech analysis of {minutes:g} min: {took:.1f} s -> {minutes * 60 / took:.0f}x real time")
 
 
 if __name__ == "__main__":

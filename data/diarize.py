@@ -190,11 +190,10 @@ def rank(an: Analysis, profile: np.ndarray, floor: float, margin: float, same_vo
     for c in np.argsort(-csim):
         g = int(groups[c])
         others = np.delete(vsim, g)
-        role = ("target" if int(c) in targets else "target's voice, judged per window" if targets and g == best_voice
-                else "another voice" if targets else "not taken")
         ranking.append({"cluster": int(c), "voice": g, "seconds": round(float((an.labels == c).sum() * HOP), 1),
                         "similarity": round(float(csim[c]), 3), "voice_similarity": round(float(vsim[g]), 3),
-                        "margin": round(float(vsim[g] - others.max()), 3) if len(others) else None, "role": role})
+                        "margin": round(float(vsim[g] - others.max()), 3) if len(others) else None,
+                        "role": "target" if int(c) in targets else "not taken"})
     return targets, best, lead, reason, ranking
 
 
@@ -231,6 +230,9 @@ def decide(an: Analysis, profile: np.ndarray, floor: float, margin: float, same_
         rival_cents = [an.centroid(_half(np.flatnonzero(an.labels == c), -psim)) for c in rivals]
         s_other = (an.embeddings @ np.stack(rival_cents).T).max(1) if rivals else np.full(len(psim), -1.0)
         clean = ~np.isin(an.labels, rivals) & (s_target >= bar) & (s_target - s_other >= window_margin)
+        for row in ranking:
+            if row["role"] != "target":
+                row["role"] = "rival" if row["cluster"] in rivals else "judged per window"
     return Decision(targets, best, psim, clean, _erode(an, clean, n_frames), lead, reason, ranking)
 
 
