@@ -91,6 +91,7 @@ def main() -> None:
         t0 = time.perf_counter()
         ingest_voice(ws, [src], settings, enroll=[enroll])
         warm = time.perf_counter() - t0
+        optional = optional_encoder(src, args.wespeaker_minutes) if args.wespeaker_minutes > 0 else None
     print(f"input: {seconds / 60:.1f} min of {origin}; {args.threads} torch threads; "
           f"{os.cpu_count()} CPUs visible")
     print(f"kept {summary['clips']} clips, {summary['seconds']:.0f} s")
@@ -99,12 +100,12 @@ def main() -> None:
     print(f"first run (no cache):     {cold:.1f} s  -> {seconds / cold:.0f}x real time "
           f"({cold_cpu:.1f} CPU-seconds over all threads; the CPU may be shared: compare with `uptime`)")
     print(f"second run (cached):      {warm:.1f} s  -> {seconds / warm:.0f}x real time")
+    if optional:
+        print(optional)
     sys.stdout.flush()
-    if args.wespeaker_minutes > 0:
-        optional_encoder(src, args.wespeaker_minutes)
 
 
-def optional_encoder(src: Path, minutes: float) -> None:
+def optional_encoder(src: Path, minutes: float) -> str:
     """Speech analysis (VAD, windows, embeddings, clusters) with a full-size WeSpeaker ResNet34."""
     import torch
     from pyannote.audio.models.embedding.wespeaker.resnet import ResNet34
@@ -123,8 +124,8 @@ def optional_encoder(src: Path, minutes: float) -> None:
     t0 = time.perf_counter()
     diarize.analyse(wav, encoder, 0.5, 0.3)
     took = time.perf_counter() - t0
-    print(f"optional encoder (WeSpeaker ResNet34, {sum(v.numel() for v in state.values()) / 1e6:.1f} M parameters), "
-          f"speech analysis of {minutes:g} min: {took:.1f} s -> {minutes * 60 / took:.0f}x real time")
+    return (f"optional encoder (WeSpeaker ResNet34, {sum(v.numel() for v in state.values()) / 1e6:.1f} M parameters), "
+            f"speech analysis of {minutes:g} min: {took:.1f} s -> {minutes * 60 / took:.1f}x real time")
 
 
 if __name__ == "__main__":

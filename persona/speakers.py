@@ -122,10 +122,13 @@ class WeSpeaker:
     chunk = 60.0  # seconds of audio per ResNet pass
 
     def __init__(self, path: str | Path, device: str = "cpu"):
-        self.model, self.feat_dim, self.stride = _build_resnet(_resnet_state(Path(path)))
+        state, file = _resnet_state(Path(path))
+        self.model, self.feat_dim, self.stride = _build_resnet(state)
         self.model.to(device).eval()
         self.device = device
-        self.name = f"wespeaker:{Path(path).name}"
+        # The name keys cached analyses: another checkpoint (or a replaced file) must not reuse them.
+        stat = file.stat()
+        self.name = f"wespeaker:{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
     def embed_windows(self, wav: np.ndarray, starts: np.ndarray) -> np.ndarray:
         import torch
@@ -194,9 +197,9 @@ def _segment_layers(model, stats):
     return embed
 
 
-def _resnet_state(path: Path) -> dict:
+def _resnet_state(path: Path) -> tuple[dict, Path]:
     """The ResNet's tensors (keys as in pyannote's `ResNet`) from a pyannote repo folder or file
-    (pytorch_model.bin), a WeSpeaker checkpoint (.pt) or a .safetensors file."""
+    (pytorch_model.bin), a WeSpeaker checkpoint (.pt) or a .safetensors file; and the file read."""
     import torch
 
     from persona.errors import PersonaError
@@ -225,7 +228,7 @@ def _resnet_state(path: Path) -> dict:
     if "conv1.weight" not in state or "seg_1.weight" not in state:
         raise PersonaError(f"{path} holds no WeSpeaker ResNet weights (conv1, seg_1)", file=path,
                            fix="use pyannote/wespeaker-voxceleb-resnet34-LM (`persona doctor` gives the command)")
-    return state
+    return state, path
 
 
 def _pyannote_checkpoint_globals() -> list:
