@@ -7,7 +7,9 @@ clip cutting, quality filters, writing the dataset). Target: >= 50x real time on
 The input is a long recording of several real voices, made from the AMI meeting excerpts in
 ../shared/media/speech when present, else from the recordings shipped in the f5-tts wheel, with
 an enrollment clip of one voice. It runs on a fresh workspace (nothing cached), then once more
-to show what the cache saves.
+to show what the cache saves. Then it times the optional speaker encoder (a WeSpeaker ResNet34,
+`[models] speaker-embedding`) on the speech analysis of the first minutes: random weights of the
+real architecture and size, which cost what the real ones do.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--wespeaker-minutes", type=float, default=4.5,
+                    help="minutes analysed with each encoder for the comparison (4.5: each AMI excerpt once; 0: skip)")
     args = ap.parse_args()
 
     import torch
@@ -88,6 +92,7 @@ def main() -> None:
         t0 = time.perf_counter()
         ingest_voice(ws, [src], settings, enroll=[enroll])
         warm = time.perf_counter() - t0
+        optional = optional_encoder(src, args.wespeaker_minutes) if args.wespeaker_minutes > 0 else None
     print(f"input: {seconds / 60:.1f} min of {origin}; {args.threads} torch threads; "
           f"{os.cpu_count()} CPUs visible")
     print(f"kept {summary['clips']} clips, {summary['seconds']:.0f} s")
@@ -96,7 +101,37 @@ def main() -> None:
     print(f"first run (no cache):     {cold:.1f} s  -> {seconds / cold:.0f}x real time "
           f"({cold_cpu:.1f} CPU-seconds over all threads; the CPU may be shared: compare with `uptime`)")
     print(f"second run (cached):      {warm:.1f} s  -> {seconds / warm:.0f}x real time")
+    if optional:
+        print(optional)
     sys.stdout.flush()
+
+
+def optional_encoder(src: Path, minutes: float) -> str:
+    """Speech analysis (VAD, windows, embeddings, clusters) of the first minutes with the default
+    encoder and with a full-size WeSpeaker ResNet34, on the same audio."""
+    from pyannote.audio.models.embedding.wespeaker.resnet import ResNet34
+    from safetensors.torch import save_file
+
+    from persona.data import diarize
+    from persona.media import read_audio
+    from persona.speakers import WeSpeaker, default_encoder
+
+    with tempfile.TemporaryDirectory(prefix="persona-bench-wespeaker-") as tmp:
+        state = ResNet34(80, 256, two_emb_layer=False).state_dict()
+        save_file({k: v.contiguous() for k, v in state.items()}, f"{tmp}/model.safetensors")
+        wespeaker = WeSpeaker(f"{tmp}/model.safetensors")
+    wav = read_audio(src, 16000, 0.0, minutes * 60)
+    lines = []
+    for label, encoder in (("default encoder", default_encoder()),
+                           (f"optional encoder (WeSpeaker ResNet34, {sum(v.numel() for v in state.values()) / 1e6:.1f} M "
+                            "parameters, random weights of the real size)", wespeaker)):
+        diarize.analyse(wav[:16000 * 5], encoder, 0.5, 0.3)  # warm-up
+        t0 = time.perf_counter()
+        an = diarize.analyse(wav, encoder, 0.5, 0.3)
+        took = time.perf_counter() - t0
+        lines.append(f"{label}, speech analysis of {minutes:g} min ({len(an.starts)} windows): {took:.1f} s -> "
+                     f"{minutes * 60 / took:.1f}x real time")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

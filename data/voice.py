@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from persona.data import clips as cliplib
 from persona.data import diarize, quality, vad
 from persona.data import voice_dataset as vd
-from persona.speakers import SpeakerEncoder, default_encoder, unit
+from persona.speakers import SpeakerEncoder, encoder_for, unit
 from persona.errors import PersonaError
 from persona.files import atomic_path, hash_file, hash_json, read_json, remembered_hash, staged_dir, write_json
 from persona.lock import locked
@@ -55,7 +55,12 @@ class VoiceIngestSettings(BaseModel):
     pause_threshold: float = Field(0.65, gt=0, lt=1, description="a dip of the speech probability below this "
                                    "is a pause between words, where a clip may be cut")
     cluster_distance: float = Field(0.3, gt=0, lt=2, description="cosine distance that separates speaker clusters")
-    target_similarity: float = Field(0.84, ge=-1, le=1, description="a cluster is the target's at this similarity to the profile")
+    target_floor: float | None = Field(None, ge=-1, le=1, description="a voice below this similarity to the profile is "
+                                       "never the target's (None: the speaker encoder's own floor)")
+    target_margin: float = Field(0.1, ge=0, le=2, description="... and the closest voice must lead the recording's "
+                                 "next voice by this much (the only voice: clear the floor by twice this)")
+    same_voice: float | None = Field(None, ge=-1, le=1, description="clusters whose centroids are this alike are one "
+                                     "voice (None: the speaker encoder's own level)")
     window_similarity: float = Field(0.80, ge=-1, le=1, description="a window is the target's at this similarity to "
                                      "its voice in the recording (lowered, not below 0.7, for a widely varying voice)")
     speaker_margin: float = Field(0.08, ge=0, description="... and this much closer to it than to any other voice")
@@ -80,6 +85,11 @@ class VoiceIngestSettings(BaseModel):
         if self.min_clip >= self.max_clip:
             raise ValueError(f"min_clip ({self.min_clip}) must be below max_clip ({self.max_clip})")
         return self
+
+    def scale(self, encoder: SpeakerEncoder) -> tuple[float, float]:
+        """(floor, same_voice) on this encoder's similarity scale."""
+        return (encoder.floor if self.target_floor is None else self.target_floor,
+                encoder.same_voice if self.same_voice is None else self.same_voice)
 
     def analysis_key(self) -> dict[str, Any]:
         return {"vad_threshold": self.vad_threshold, "cluster_distance": self.cluster_distance}
@@ -157,7 +167,10 @@ def _analyse(path: Path, digest: str, cache: Path, settings: VoiceIngestSettings
 # ------------------------------------------------------------------------------------------------
 def _profile_from_enrollment(enroll: list[Path], settings: VoiceIngestSettings, encoder: SpeakerEncoder,
                              problems: Problems) -> dict[str, Any]:
-    embeddings, used = [], []
+    """One profile from every usable clip: each clip's voice counts once, however long it is, so
+    clips from several recordings (microphones, days) average out the channel of each."""
+    floor, same_voice = settings.scale(encoder)
+    voices, used = [], []
     for path in enroll:
         try:
             wav = read_audio(path, ANALYSIS_RATE)
@@ -165,30 +178,51 @@ def _profile_from_enrollment(enroll: list[Path], settings: VoiceIngestSettings, 
             problems.add(path, f"enrollment clip unusable: {e.message}", e.fix or "")
             continue
         an = diarize.analyse(wav, encoder, settings.vad_threshold, settings.cluster_distance)
-        problem = diarize.enrollment_problem(an)
+        problem = diarize.enrollment_problem(an, same_voice)
         if problem:
             problems.add(path, f"enrollment clip {problem}", "give a clip of the person speaking alone (5-30 s)")
             continue
-        embeddings.append(an.embeddings)
-        used.append(str(path))
-    if not embeddings:
+        voices.append(unit(an.embeddings.mean(0)))
+        used.append(path)
+    if not voices:
         raise PersonaError("none of the --voice clips can serve as enrollment (see the warnings above)",
                            file=enroll[0] if len(enroll) == 1 else None,
                            fix="give clips of the person speaking alone, or leave out --voice to pick the voice automatically")
-    return {"method": "enrollment", "profile": unit(np.concatenate(embeddings).mean(0)), "files": used}
+    sims = _agreement(np.stack(voices))
+    if len(voices) > 1 and sims.min() < floor:
+        odd = int(np.argmin(sims))
+        raise PersonaError(f"the --voice clips are not all one person: {used[odd].name} is {sims[odd]:.2f} alike to "
+                           f"the others (< {floor:g})", file=used[odd],
+                           fix="give only clips of the person, or one clip to check which is which")
+    return {"method": "enrollment", "profile": unit(np.stack(voices).mean(0)), "files": [str(p) for p in used],
+            "clip_agreement": [round(float(x), 3) for x in sims] if len(voices) > 1 else None}
+
+
+def _agreement(voices: np.ndarray) -> np.ndarray:
+    """Each clip's similarity to the mean of the other clips."""
+    if len(voices) < 2:
+        return np.ones(len(voices))
+    return np.array([float(v @ unit(np.delete(voices, i, 0).mean(0))) for i, v in enumerate(voices)])
+
+
+def _on_screen(ws: Any) -> dict[Path, list[tuple[float, float]]]:
+    """datasets/images/presence.json: when the person is on screen, per footage file."""
+    data = read_json(ws.path(PRESENCE), default=None)
+    if not isinstance(data, dict):
+        return {}
+    return {Path(k).resolve(): [(float(a), float(b)) for a, b in v] for k, v in data.items() if v}
 
 
 def _profile_from_presence(ws: Any, sources: list[Source]) -> dict[str, Any] | None:
-    data = read_json(ws.path(PRESENCE), default=None)
-    if not isinstance(data, dict):
+    on_screen = _on_screen(ws)
+    if not on_screen:
         return None
-    on_screen = {Path(k).resolve(): v for k, v in data.items()}
     parts, used, seconds = [], [], 0.0
     for src in sources:
         intervals = on_screen.get(src.path.resolve())
         if not intervals:
             continue
-        chosen = diarize.presence_clusters(src.analysis, [(float(a), float(b)) for a, b in intervals])
+        chosen = diarize.presence_clusters(src.analysis, intervals)
         for c in chosen:
             members = src.analysis.labels == c
             parts.append(src.analysis.embeddings[members])
@@ -360,18 +394,21 @@ def ingest_voice(ws: Any, sources: list[Path], settings: VoiceIngestSettings | N
     if not sources:
         raise PersonaError("no input files for the voice dataset", fix="give video or audio files (mp4, mov, wav, mp3, ...)")
     out, cache = ws.path(DATASET), ws.path(CACHE)
-    problems, encoder, held = Problems(), default_encoder(), {}
+    problems, encoder, held = Problems(), encoder_for(ws.pack.models), {}
 
     analysed = _analyse_all(sources, cache, settings, encoder, held, problems)
     if not analysed:
         raise PersonaError(f"none of the {len(sources)} input files has usable speech (see the warnings above)",
                            fix="give footage or audio in which the person speaks")
     target = _profile(ws, analysed, enroll, settings, encoder, problems)
+    target["encoder"] = encoder.name
     info(f"voice: target from {target['method']}" + (f" ({', '.join(target['files'])})" if target.get("files") else ""))
     for src in analysed:
-        _plan(src, target["profile"], settings, problems)
+        _plan(src, target["profile"], settings, encoder, problems)
         if not src.plan:
             held.pop(src.path, None)
+    if target["method"] == "enrollment":
+        target["presence"] = _check_presence(ws, analysed, settings, encoder)
 
     with staged_dir(out) as stage:
         cands = _cut_clips(analysed, stage, settings, held, problems)
@@ -423,13 +460,14 @@ def _analyse_all(sources: list[Path], cache: Path, settings: VoiceIngestSettings
     return analysed
 
 
-def _plan(src: Source, profile: np.ndarray, settings: VoiceIngestSettings, problems: Problems) -> None:
+def _plan(src: Source, profile: np.ndarray, settings: VoiceIngestSettings, encoder: SpeakerEncoder,
+          problems: Problems) -> None:
     an = src.analysis
-    src.decision = d = diarize.decide(an, profile, settings.target_similarity, settings.window_similarity,
-                                      settings.speaker_margin)
+    floor, same_voice = settings.scale(encoder)
+    src.decision = d = diarize.decide(an, profile, floor, settings.target_margin, same_voice,
+                                      settings.window_similarity, settings.speaker_margin)
     if not d.clusters:
-        src.problem = (f"no speech of the target (closest voice similarity {d.similarity:.2f} < "
-                       f"{settings.target_similarity:g})")
+        src.problem = f"no speech of the target ({d.reason})"
         problems.add(src.path, src.problem)
         return
     spans, pauses = vad.phrases(an.probs, settings.pause_threshold)
@@ -441,3 +479,27 @@ def _plan(src: Source, profile: np.ndarray, settings: VoiceIngestSettings, probl
         problems.add(src.path, src.problem)
 
 
+def _check_presence(ws: Any, sources: list[Source], settings: VoiceIngestSettings,
+                    encoder: SpeakerEncoder) -> list[dict[str, Any]] | None:
+    """Where the image side saw the person on screen, is the voice heard then the enrolled one?
+    The enrollment is the person's own word for their voice, so it is followed; a disagreement is
+    shown (a wrong clip, or footage where the person listens while someone else talks)."""
+    on_screen = _on_screen(ws)
+    if not on_screen:
+        return None
+    _, same_voice = settings.scale(encoder)
+    out = []
+    for src in sources:
+        intervals = on_screen.get(src.path.resolve())
+        chosen = diarize.presence_clusters(src.analysis, intervals) if intervals else []
+        if not chosen or src.decision is None:
+            continue
+        groups = diarize.voice_groups(src.analysis, same_voice)
+        taken = {int(groups[c]) for c in src.decision.clusters}
+        agrees = int(groups[chosen[0]]) in taken
+        out.append({"file": str(src.path), "on_screen_cluster": chosen[0], "enrolled_clusters": src.decision.clusters,
+                    "agree": agrees})
+        if not agrees:
+            warn(f"{src.path}: the voice heard while the person is on screen ({PRESENCE}) is not the enrolled voice "
+                 f"({'enrolled voice not heard' if not taken else 'another speaker'}); following the --voice enrollment")
+    return out

@@ -106,7 +106,9 @@ class Demo:
 def step_models(d: Demo) -> str:
     from persona import tiny
 
-    d.models = {k: str(v) for k, v in tiny.build_all(d.root / "models").items()}
+    # A random speaker encoder would make the voice side's choice of speaker arbitrary: the demo keeps
+    # Resemblyzer (which ships real weights) and leaves the optional speaker-embedding model out.
+    d.models = {k: str(v) for k, v in tiny.build_all(d.root / "models").items() if k != "speaker-embedding"}
     return f"{len(d.models)} tiny model families in {d.root / 'models'}"
 
 

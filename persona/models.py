@@ -134,6 +134,17 @@ REGISTRY: dict[str, ModelSpec] = {
             size_gb=0.4,
         ),
         ModelSpec(
+            "speaker-embedding",
+            "WeSpeaker ResNet34 speaker embedding (pyannote layout), stronger than the built-in Resemblyzer",
+            ("ingest: speakers",),
+            "CC-BY-4.0",
+            repos=("pyannote/wespeaker-voxceleb-resnet34-LM",),
+            include=("pytorch_model.bin", "config.yaml"),
+            required=("pytorch_model.bin",),
+            note="optional: without it, ingest uses Resemblyzer, which ships in its wheel",
+            size_gb=0.03,
+        ),
+        ModelSpec(
             "llm",
             "an instruct LLM for the local-transformers script backend (Ollama or an OpenAI-compatible server also work)",
             ("render: script",),

@@ -426,6 +426,34 @@ def build_upscaler(out: Path, seed: int = 0) -> Path:
     return out / "4x-tiny-esrgan.safetensors"
 
 
+def build_speaker_embedding(out: Path, seed: int = 0) -> Path:
+    """A WeSpeaker ResNet of pyannote's class (BasicBlock, TSTP pooling, 80 fbank bins) with 4 base
+    channels and one block per stage, saved as pyannote/wespeaker-voxceleb-resnet34-LM saves its
+    pytorch_model.bin (pyannote's convert.py: state_dict under `resnet.`, the task specifications)."""
+    from pyannote.audio import __version__ as pyannote_version
+    from pyannote.audio.core.task import Problem, Resolution, Specifications
+    from pyannote.audio.models.embedding.wespeaker.resnet import BasicBlock, ResNet
+
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    resnet = ResNet(BasicBlock, [1, 1, 1, 1], m_channels=4, feat_dim=80, embed_dim=32, two_emb_layer=False)
+    for m in resnet.modules():  # random BatchNorm statistics, so the tiny model is not an identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    checkpoint = {
+        "state_dict": {f"resnet.{k}": v for k, v in resnet.state_dict().items()},
+        "pyannote.audio": {
+            "versions": {"torch": torch.__version__, "pyannote.audio": pyannote_version},
+            "architecture": {"module": "pyannote.audio.models.embedding.wespeaker", "class": "WeSpeakerResNet34"},
+            "specifications": Specifications(problem=Problem.REPRESENTATION, resolution=Resolution.CHUNK, duration=5.0),
+        },
+        "pytorch-lightning_version": "2.5.0",
+    }
+    torch.save(checkpoint, out / "pytorch_model.bin")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # MuseTalk 1.5 (as TMElyralab/MuseTalk musetalkV15/), its VAE (as stabilityai/sd-vae-ft-mse) and
 # Whisper tiny in transformers' layout (as openai/whisper-tiny)
@@ -538,6 +566,7 @@ FAMILIES: dict[str, Callable[[Path], Path]] = {
     "musetalk": build_musetalk,
     "sd-vae": build_sd_vae,
     "whisper-tiny": build_whisper_tiny,
+    "speaker-embedding": build_speaker_embedding,
 }
 
 

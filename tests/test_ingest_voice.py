@@ -111,10 +111,10 @@ def test_clusters_and_enrollment_checks():
     two = np.concatenate([voice("en", 16000), voice("zh", 16000)])
     an = diarize.analyse(two, enc, 0.5, 0.3)
     assert an.n_clusters >= 2 and np.bincount(an.labels)[0] == np.bincount(an.labels).max()
-    assert "several voices" in diarize.enrollment_problem(an)
-    assert diarize.enrollment_problem(diarize.analyse(voice("town", 16000), enc, 0.5, 0.3)) is None
+    assert "several voices" in diarize.enrollment_problem(an, enc.same_voice)
+    assert diarize.enrollment_problem(diarize.analyse(voice("town", 16000), enc, 0.5, 0.3), enc.same_voice) is None
     silent = diarize.analyse(np.zeros(16000 * 3, np.float32), enc, 0.5, 0.3)
-    assert "0.0 s of speech" in diarize.enrollment_problem(silent)
+    assert "0.0 s of speech" in diarize.enrollment_problem(silent, enc.same_voice)
 
 
 def test_plan_clips_cuts_only_at_pauses_and_skips_unclean_phrases():
@@ -290,3 +290,97 @@ def test_demo_footage(make_workspace, demo_footage):
         assert e["text"]
     assert len(rows) == len(manifest) + 1
     assert probe(ws.path("datasets/voice") / manifest[0]["file"]).sample_rate == SR
+
+
+# ------------------------------------------------------------------------------------------------
+# whose voice: several enrollment clips, enrollment against presence
+def test_enrollment_clips_combine_and_must_be_one_person(make_workspace, interview, tmp_path):
+    src, truth = interview
+    main = voice("main")
+    halves = [write_audio(tmp_path / f"main{i}.wav", x, SR) for i, x in enumerate(np.array_split(main, 2))]
+    ws = make_workspace(models=False)
+    ingest_voice(ws, [src], VoiceIngestSettings(), enroll=halves)
+    manifest, report, _ = dataset(ws)
+    assert report["target"]["files"] == [str(h) for h in halves] and len(report["target"]["clip_agreement"]) == 2
+    assert manifest and inside(manifest, truth["main"])
+    (source,) = report["sources"]
+    assert source["decision"].startswith("voice similarity") and source["target_margin"] >= 0.1
+    assert [c["role"] for c in source["clusters"]].count("target") >= 1
+    assert {"cluster", "similarity", "margin", "role", "seconds"} <= set(source["clusters"][0])
+    town = write_audio(tmp_path / "town.wav", voice("town"), SR)
+    with pytest.raises(PersonaError, match="not all one person") as e:
+        ingest_voice(make_workspace("Other", models=False), [src], VoiceIngestSettings(), enroll=[halves[0], town])
+    assert e.value.file in (halves[0], town)
+
+
+def test_enrollment_wins_over_presence_with_a_warning(make_workspace, interview, enroll_main, capfd):
+    src, truth = interview
+    ws = make_workspace(models=False)
+    write_json(ws.path("datasets/images/presence.json"), {str(src.resolve()): [list(s) for s in truth["country"]]})
+    summary = ingest_voice(ws, [src], VoiceIngestSettings(), enroll=[enroll_main])
+    manifest, report, _ = dataset(ws)
+    assert summary["target"] == "enrollment" and manifest and inside(manifest, truth["main"])
+    assert report["target"]["presence"] == [{"file": str(src), "on_screen_cluster": report["target"]["presence"][0]["on_screen_cluster"],
+                                             "enrolled_clusters": report["target"]["presence"][0]["enrolled_clusters"],
+                                             "agree": False}]
+    assert "following the --voice enrollment" in capfd.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# the optional speaker encoder (pyannote/WeSpeaker ResNet), on its tiny random-weight build
+def test_speaker_embedding_checkpoint_loads_safely_and_embeds(tiny_models, tmp_path):
+    import torch
+
+    from persona.speakers import WeSpeaker, encoder_for
+
+    path = tiny_models["speaker-embedding"]
+    enc = encoder_for({"speaker-embedding": str(path)})
+    assert isinstance(enc, WeSpeaker) and enc.model.embed_dim == 32 and enc.feat_dim == 80
+    assert type(encoder_for({})).__name__ == "Resemblyzer"  # nothing located: the built-in encoder
+    wav = voice("town", 16000)
+    starts = np.arange(0, len(wav) / 16000 - enc.window, 0.4)
+    emb = enc.embed_windows(wav, starts)
+    assert emb.shape == (len(starts), 32) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    # one pass over the speech gives each window what the window alone would (up to edge effects)
+    alone = enc.embed_windows(wav, starts[5:6])
+    assert float(alone[0] @ emb[5]) > 0.95 and not np.allclose(emb[0], emb[-1])
+    # the same tensors as safetensors load the same network
+    from safetensors.torch import save_file
+
+    state = torch.load(path / "pytorch_model.bin", weights_only=False)["state_dict"]  # our own file, in a test
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "model.safetensors"))
+    again = WeSpeaker(tmp_path / "model.safetensors").embed_windows(wav, starts)
+    assert np.allclose(again, emb, atol=1e-5)
+
+
+class Payload:  # a class no checkpoint should be able to make torch.load construct
+    def __reduce__(self):
+        return (print, ("ran code while loading",))
+
+
+def test_speaker_embedding_refuses_pickled_code(tmp_path, capfd):
+    import torch
+
+    from persona.speakers import WeSpeaker
+
+    torch.save({"state_dict": {}, "hook": Payload()}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(PersonaError, match="cannot read safely|read safely") as e:
+        WeSpeaker(tmp_path)
+    assert e.value.file == tmp_path / "pytorch_model.bin" and "ran code" not in capfd.readouterr().out
+
+
+def test_ingest_uses_the_speaker_embedding_model_when_configured(make_workspace, tiny_models, tmp_path):
+    src, _ = montage(tmp_path, "talk.wav", ["town", "town", "town"])
+    ws = make_workspace(models=False)
+    ws.update("models", {"speaker-embedding": str(tiny_models["speaker-embedding"])})
+    try:
+        ingest_voice(ws, [src], VoiceIngestSettings())
+    except PersonaError:
+        pass  # random weights decide nothing useful; what matters is which encoder analysed the file
+    report = ws.path("datasets/voice/report.json")
+    analysis = list(ws.path("cache/ingest/voice/analysis").glob("*.npz"))
+    assert len(analysis) == 1
+    with np.load(analysis[0]) as z:
+        assert z["embeddings"].shape[1] == 32  # the tiny WeSpeaker's size, not Resemblyzer's 256
+    if report.exists():
+        assert json.loads(report.read_text())["target"]["encoder"].startswith("wespeaker:")
