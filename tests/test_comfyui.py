@@ -388,3 +388,79 @@ def test_doctor_reports_what_a_comfyui_server_lacks(server):
     assert report["url"] == server.url and "talking" in report["stages"]
     humo = next(m for m in report["stages"]["talking"] if m["mode"] == "humo")
     assert humo["ready"] and all(m["found"] for m in humo["models"])
+
+
+# -- persona render --engine comfyui -------------------------------------------------------------
+B_ROLL = {"title": "t", "scenes": [{"narration": "A grid of numbers.", "image_prompt": "a pixel grid",
+                                    "motion_prompt": "pan", "on_camera": False}]}
+FAST = {"finish": {"upscale": "lanczos", "output_height": 144}}
+
+
+def _script(tmp_path: Path, script: dict) -> Path:
+    import json
+
+    path = tmp_path / "script.json"
+    path.write_text(json.dumps(script))
+    return path
+
+
+def test_render_sends_its_keyframes_to_the_server_and_keeps_finished_work(server, pack, tmp_path):
+    """The render's own FLUX graph passes the live /object_info and is queued; the server's placeholder
+    FLUX files are empty, so it fails loading them: one line naming the node, the narration kept."""
+    from persona.files import read_json
+    from persona.inference.render import render
+
+    overrides = {**FAST, "engine": "comfyui", "comfyui": {"urls": [server.url], "job_timeout": 300}}
+    with pytest.raises(PersonaError) as e:
+        render(pack, None, script_file=_script(tmp_path, B_ROLL), profile="demo", overrides=overrides, name="comfy")
+    line = _one_line(e.value)
+    assert "(UNETLoader)" in line or "(DualCLIPLoader)" in line or "(VAELoader)" in line, line
+    rdir = pack.root / "renders" / "comfy"
+    assert (rdir / "scenes/01/narration.wav").exists() and not (rdir / "scenes/01/keyframe.png").exists()
+    assert set(read_json(rdir / "render.json")["stages"]) == {"script", "narration"}
+    gone = {**overrides, "comfyui": {"urls": ["http://127.0.0.1:9"], "connect_timeout": 2}}
+    with pytest.raises(PersonaError, match="127.0.0.1:9") as e:  # an unreachable server: one line, work kept
+        render(pack, None, name="comfy", profile="demo", overrides=gone)
+    _one_line(e.value)
+    assert read_json(rdir / "scenes/01/narration.wav.json")["key"]
+
+
+def test_talking_scenes_go_to_the_audio_driven_model_on_the_server(server, pack, tmp_path):
+    """A talking scene's graph (Wan2.2-S2V, extended for its length) built by the stage and queued on the
+    real server: it is accepted and runs until the empty placeholder weights fail to load."""
+    import numpy as np
+
+    from persona.inference.comfy_stages import TalkingStage
+    from persona.inference.plan import RenderDir, SceneDir
+    from persona.inference.render import load_settings
+    from persona.inference.script import Scene
+    from persona.inference.stage import RenderJob, run_stage
+    from persona.files import mark_fresh
+    from persona.media import write_audio
+    from persona.progress import meter
+
+    settings = load_settings("demo", {"engine": "comfyui", "comfyui": {"urls": [server.url], "job_timeout": 300}})
+    scene = SceneDir(0, Scene(narration="Hello there.", image_prompt="the presenter", motion_prompt="talks",
+                              on_camera=True, presenter="talking"), tmp_path / "scenes" / "01")
+    scene.folder.mkdir(parents=True)
+    _image(scene.path("keyframe.png"), (128, 64))
+    mark_fresh(scene.path("keyframe.png"), "k")
+    write_audio(scene.path("narration.wav"), np.zeros(24000 * 7, np.float32), 24000)  # 7 s: S2V is extended
+    mark_fresh(scene.path("narration.wav"), "n", seconds=7.0)
+    job = RenderJob(pack, settings, RenderDir(tmp_path, [scene]))
+    stage = TalkingStage(job, [scene])
+    assert stage.models.unet == cg.ROLES["wan_s2v"].default and stage.work(job, scene) > settings.video.steps
+    with pytest.raises(PersonaError) as e, meter("talking", None) as m:
+        run_stage(job, stage, m)
+    assert "(UNETLoader)" in _one_line(e.value) or "Loader)" in str(e.value)
+    assert not scene.path("video.mp4").exists()
+
+
+def test_a_talking_scene_needs_the_comfyui_engine(pack, tmp_path):
+    from persona.inference.render import render
+
+    talking = {"title": "t", "scenes": [{"narration": "Hello there.", "image_prompt": "the presenter",
+                                         "motion_prompt": "talks", "on_camera": True, "presenter": "talking"}]}
+    with pytest.raises(PersonaError, match="needs the ComfyUI engine") as e:
+        render(pack, None, script_file=_script(tmp_path, talking), profile="demo", overrides=FAST)
+    assert "--engine comfyui" in _one_line(e.value)
