@@ -56,6 +56,7 @@ class Consent(_Section):
 class Datasets(_Section):
     images: str | None = None
     voice: str | None = None
+    presenter: str | None = None  # presenter clips (only recorded when ingest found some)
 
 
 class LoraSection(_Section):
