@@ -128,10 +128,11 @@ class Footage:
 
 
 def scan_and_identify(ws: Any, videos: list[Path], images: list[Path], settings: ImageSettings, faces: list[Path],
-                      problems: list[str]) -> Footage:
+                      problems: list[str], require_person: bool = True) -> Footage:
     """Scan the footage (cached in cache/ingest/images/) and decide who the person is.
 
-    Raises a PersonaError when nothing is readable or nobody can be picked; file problems go to `problems`.
+    Raises a PersonaError when nothing is readable, or (with require_person) when nobody can be
+    picked; file problems go to `problems`.
     """
     backend = fx.backend(settings.face_backend)
     match = settings.match_distance or backend.match_distance
@@ -147,8 +148,8 @@ def scan_and_identify(ws: Any, videos: list[Path], images: list[Path], settings:
                            fix="fix or replace the files; the warnings above say what is wrong with each")
     identity = select.identify([s.analysis for s in usable], references, backend, match, settings.identity_margin)
     _per_file_problems(usable, identity, match, problems)
-    if not identity.accepted.any():
-        raise _nobody(identity, len(references) > 0, match)
+    if require_person and not identity.accepted.any():
+        raise nobody(identity, len(references) > 0, match)
     return Footage(usable, identity, backend, match, scanned)
 
 
@@ -261,7 +262,7 @@ def _per_file_problems(usable: list[scan.Source], identity: select.Identity, mat
                 "fine if the person is not in it; otherwise pass --face PHOTO to say who the person is")))
 
 
-def _nobody(identity: select.Identity, with_refs: bool, match: float) -> PersonaError:
+def nobody(identity: select.Identity, with_refs: bool, match: float) -> PersonaError:
     if not len(identity.distance):
         return PersonaError("no face found in any of the footage",
                             fix="use footage where the person's face is visible; lower min_face for small faces")

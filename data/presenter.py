@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from persona import faces as fx
 from persona.data import frames, scan
-from persona.data.images import Footage, ImageSettings, scan_and_identify
+from persona.data.images import Footage, ImageSettings, nobody, scan_and_identify
 from persona.errors import PersonaError
 from persona.files import atomic_path, hash_file, hash_json, is_fresh, mark_fresh, read_json, staged_dir, write_json
 from persona.media import open_video, write_video
@@ -128,8 +128,9 @@ def ingest_presenter(ws: Any, videos: list[Path], images: list[Path], settings: 
     image_settings = image_settings or ImageSettings()
     problems: list[str] = []
     try:
+        # Without the person there are no clips, but that is an answer (given in the report), not a failure.
         footage = scan_and_identify(ws, [Path(p) for p in videos], [Path(p) for p in images], image_settings,
-                                    [Path(p) for p in faces], problems)
+                                    [Path(p) for p in faces], problems, require_person=False)
     finally:
         for line in problems if report_scan_problems else []:
             warn(line)
@@ -601,6 +602,9 @@ def _build(ws: Any, staging: Path, footage: Footage, videos: list[int], s: Prese
     for c in per_file.values():
         totals.update({k: round(v, 2) for k, v in c.items()})
     why = None if manifest else _why(footage, videos, totals, rejected, s)
+    if not footage.identity.accepted.any():
+        absent = nobody(footage.identity, footage.identity.how == "reference", footage.match)
+        why = f"the person is not in the footage: {absent.message}"
     write_json(staging / "report.json", {
         "clips": len(manifest), "requested": s.count, "why": why, "person": footage.identity.how,
         "rejected": {k: round(v, 2) for k, v in totals.most_common()},
