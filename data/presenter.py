@@ -137,8 +137,8 @@ def ingest_presenter(ws: Any, videos: list[Path], images: list[Path], settings: 
     root = ws.path(DATASET)
     videos_used = [i for i, s in enumerate(footage.usable) if s.kind == "video"]
     key = hash_json({"sources": [footage.usable[i].key for i in videos_used],
-                     "identity": {"how": footage.identity.how, "refs": [hash_file(p) for p in faces if Path(p).exists()],
-                                  "scan": image_settings.scan_settings().key(), "match": footage.match,
+                     "identity": {"how": footage.identity.how,
+                                  "refs": [hash_file(p) for p in faces if Path(p).exists()], "scan": image_settings.scan_settings().key(), "match": footage.match,
                                   "margin": image_settings.identity_margin,
                                   "images": [s.key for s in footage.usable if s.kind == "image"]},
                      "settings": settings.key(), "v": VERSION})
@@ -251,10 +251,10 @@ def spread(windows: list[Window]) -> list[Window]:
     for w in windows:
         by_file.setdefault(w.file, []).append(w)
     queues = []
-    for ws_ in by_file.values():
+    for group in by_file.values():
         used: Counter = Counter()
         ordered = []
-        pool = sorted(ws_, key=lambda w: -w.quality)
+        pool = sorted(group, key=lambda w: -w.quality)
         while pool:
             best = min(pool, key=lambda w: used[w.shot])
             pool.remove(best)

@@ -88,7 +88,8 @@ def test_clips_only_where_the_target_is_alone_and_facing(footage, make_workspace
         by_file.setdefault(Path(e["source"]).name, []).append(e)
         # inside one stretch where he is alone on screen: never across a cut, never beside someone
         spans = _alone_spans(footage, e["source"])
-        assert any(a - FRAME / 2 <= e["start"] and e["end"] <= b + FRAME / 2 for a, b in spans), (e["source"], e["start"], e["end"], spans)
+        inside = any(a - FRAME / 2 <= e["start"] and e["end"] <= b + FRAME / 2 for a, b in spans)
+        assert inside, (e["source"], e["start"], e["end"], spans)
         assert e["end"] - e["start"] >= settings.min_seconds - 1e-6
         assert e["fps"] == people.FPS and abs(e["frames"] - (e["end"] - e["start"]) * people.FPS) < 0.5
         assert e["yaw"]["max"] <= settings.max_yaw + 0.1 and e["sharpness"] >= settings.min_sharpness
