@@ -570,6 +570,7 @@ def _build(ws: Any, staging: Path, footage: Footage, videos: list[int], s: Prese
                 for rest in ordered[pos:]:
                     rejected.append({"source": footage.usable[rest.file].analysis["path"], "start": round(rest.lo, 3),
                                      "end": round(rest.hi, 3), "reason": SURPLUS, "stage": "scan"})
+                    m.advance(rest.hi - rest.lo)  # skipped, so the bar still reaches its total
                 break
             src = footage.usable[w.file]
             a = src.analysis
