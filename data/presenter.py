@@ -39,7 +39,7 @@ from persona.progress import info, meter, warn
 
 DATASET = "datasets/presenter"
 CACHE = "cache/ingest/presenter"
-VERSION = 1
+VERSION = 2
 
 # Reasons a stretch of footage is not a clip (reported in seconds per file, and per rejected span).
 NO_FACE = "no face"
@@ -182,15 +182,18 @@ def sample_verdicts(a: dict[str, Any], file: int, footage: Footage, s: Presenter
         elif len(found) > 1:
             reason = CROWD
         else:
-            reason = _face_problem(face["box"], a["width"], a["height"], face["yaw"], s)
+            # The detector's box height jumps between its pyramid levels by about a tenth: the scan
+            # lets such faces through and the frame-by-frame check judges the size over time.
+            reason = _face_problem(face["box"], a["width"], a["height"], face["yaw"], s, 0.9 * s.min_face)
         out.append((smp["t"], reason, face))
     return out
 
 
-def _face_problem(box: list[float], w: int, h: int, yaw: float, s: PresenterSettings) -> str | None:
+def _face_problem(box: list[float], w: int, h: int, yaw: float, s: PresenterSettings, min_face: float = 0.0
+                  ) -> str | None:
     x0, y0, x1, y1 = box
     mx, my = (x1 - x0) * 0.1, (y1 - y0) * 0.1
-    if y1 - y0 < s.min_face:
+    if y1 - y0 < min_face:
         return SMALL
     if x0 - mx < 0 or y0 - my < 0 or x1 + mx > w or y1 + my > h:
         return EDGE
@@ -305,7 +308,7 @@ def check_window(src: scan.Source, w: Window, footage: Footage, s: PresenterSett
     target = _target_boxes(dets, out.cut, max(2 * s.detect_every, round(a["fps"] / 2)))
     out.reason = [None] * n
     boxes = np.zeros((n, 4))
-    yaw = np.zeros(n)
+    yaw, heights = np.zeros(n), np.zeros(n)  # heights: the detector's box, as min_face is measured
     for i in range(n):
         if target[i] is None:
             out.reason[i] = NO_FACE
@@ -315,10 +318,9 @@ def check_window(src: scan.Source, w: Window, footage: Footage, s: PresenterSett
         lm = backend.landmarks(grays[i], tuple(target[i]))
         yaw[i] = fx.landmark_measures(lm)["yaw"]
         boxes[i] = [*(lm.min(0) / scale), *(lm.max(0) / scale)]
-        det_h = (target[i][3] - target[i][1]) / scale
+        heights[i] = (target[i][3] - target[i][1]) / scale
         if out.reason[i] is None:
-            out.reason[i] = _face_problem(list(np.array(target[i]) / scale), width, height, 0.0, s) if \
-                det_h >= s.min_face else SMALL
+            out.reason[i] = _face_problem(list(np.array(target[i]) / scale), width, height, 0.0, s)
         if i in colours:
             face = fx.Face(tuple(target[i]), 1.0, lm)
             d = float(backend.distance(backend.embed(colours[i], face), footage.identity.references).min())
@@ -327,8 +329,11 @@ def check_window(src: scan.Source, w: Window, footage: Footage, s: PresenterSett
     smooth = _smooth(boxes, out.reason, out.cut, a["fps"])
     yaw_s = _smooth(yaw[:, None], out.reason, out.cut, a["fps"])[:, 0]
     speed = _speed(smooth, out.reason, out.cut, a["fps"])
+    size = _smooth(heights[:, None], out.reason, out.cut, a["fps"], seconds=1.0, order=1)[:, 0]
     for i in range(n):
-        if out.reason[i] is None and abs(yaw_s[i]) > s.max_yaw:
+        if out.reason[i] is None and size[i] < s.min_face:
+            out.reason[i] = SMALL
+        elif out.reason[i] is None and abs(yaw_s[i]) > s.max_yaw:
             out.reason[i] = TURNED
         elif out.reason[i] is None and speed[i] > s.max_motion:
             out.reason[i] = UNSTEADY
@@ -433,16 +438,17 @@ def _pieces(reason: list[str | None], cuts: list[bool]) -> list[tuple[int, int]]
     return out
 
 
-def _smooth(values: np.ndarray, reason: list[str | None], cuts: list[bool], fps: float) -> np.ndarray:
-    """Savitzky-Golay smoothing over ~0.4 s (scipy), piece by piece so it never crosses a cut: it
+def _smooth(values: np.ndarray, reason: list[str | None], cuts: list[bool], fps: float, seconds: float = 0.4,
+            order: int = 2) -> np.ndarray:
+    """Savitzky-Golay smoothing over `seconds` (scipy), piece by piece so it never crosses a cut: it
     removes the landmarks' frame-to-frame jitter and keeps real head motion."""
     from scipy.signal import savgol_filter
 
     out = values.astype(float).copy()
-    win = max(5, int(round(0.4 * fps)) | 1)
+    win = max(5, int(round(seconds * fps)) | 1)
     for a, b in _pieces(reason, cuts):
         if b - a >= 5:
-            out[a:b] = savgol_filter(values[a:b], min(win, (b - a) - (1 - (b - a) % 2)), 2, axis=0)
+            out[a:b] = savgol_filter(values[a:b], min(win, (b - a) - (1 - (b - a) % 2)), order, axis=0)
     return out
 
 
