@@ -21,10 +21,12 @@ and review/strip.png (the first frame of each clip, in a subfolder so no reader 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 from PIL import Image, ImageDraw
 from pydantic import BaseModel, ConfigDict, Field
@@ -228,7 +230,8 @@ def candidate_windows(a: dict[str, Any], file: int, verdicts: list[tuple[float, 
     return windows
 
 
-def _close(a, file, verdicts, run, bounds, shot_of, s, rejected) -> list[Window]:
+def _close(a: dict[str, Any], file: int, verdicts: list[tuple[float, str | None, Any]], run: list[int],
+           bounds: list[float], shot_of: Any, s: PresenterSettings, rejected: list[dict[str, Any]]) -> list[Window]:
     shot = shot_of(verdicts[run[0]][0])
     start, end = bounds[shot], bounds[shot + 1]
     j0, j1 = run[0], run[-1]
@@ -345,7 +348,8 @@ def check_window(src: scan.Source, w: Window, footage: Footage, s: PresenterSett
     return out
 
 
-def _decode(path: Path, lo: float, hi: float):
+def _decode(path: Path, lo: float, hi: float) -> Iterator[av.VideoFrame]:
+    """Every frame of [lo, hi) seconds (frame threads: this runs in the main process alone)."""
     container, stream = open_video(path)
     with container:
         stream.thread_type = "AUTO"
