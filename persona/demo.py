@@ -173,13 +173,13 @@ def step_ingest(d: Demo) -> str:
     from persona.data.voice import VoiceIngestSettings
 
     footage = [Path(d.footage["files"][k]) for k in ("lecture", "interview")]
-    # The demo's 360p faces are smaller than real footage's: look for them at 96 px (the presenter
-    # clips too). The tiny Whisper never stops talking, so its (meaningless) transcripts are kept
-    # despite hitting the token limit.
+    # The demo's 360p faces are smaller than real footage's: look for them at 96 px (for the presenter
+    # clips too; one short clip keeps the step quick). The tiny Whisper never stops talking, so its
+    # (meaningless) transcripts are kept despite hitting the token limit.
     images = ImageSettings(count=8, min_face=96, sample_every=0.5, resolution=512)
     summary = ingest(d.workspace, footage, image_settings=images,
                      voice_settings=VoiceIngestSettings(drop_truncated=False, min_asr_logprob=None),
-                     presenter_settings=PresenterSettings(min_face=96, count=4))
+                     presenter_settings=PresenterSettings(min_face=96, count=1, max_seconds=6.0))
     d.results["ingest"] = {"images": summary["images"] and summary["images"].get("images"),
                            "voice_clips": summary["voice"] and summary["voice"].get("clips"),
                            "presenter_clips": summary["presenter"] and summary["presenter"].get("clips"),
