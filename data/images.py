@@ -16,6 +16,7 @@ import json
 import tomllib
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -116,9 +117,24 @@ def ingest_images(ws: Any, videos: list[Path], images: list[Path], settings: Ima
             warn(line)
 
 
-def _ingest(ws: Any, videos: list[Path], images: list[Path], settings: ImageSettings, faces: list[Path],
-            problems: list[str]) -> dict[str, Any]:
-    florence = _captioner(ws, settings)
+@dataclass
+class Footage:
+    """Scanned footage and who the person is in it: what the image and presenter sides share."""
+
+    usable: list[scan.Source]  # sources with at least one sample (analysis filled in)
+    identity: select.Identity
+    backend: fx.FaceBackend
+    match: float  # identity distance below which a face is the person
+    scanned_now: int  # files scanned by this call (0 when all came from the cache)
+
+
+def scan_and_identify(ws: Any, videos: list[Path], images: list[Path], settings: ImageSettings, faces: list[Path],
+                      problems: list[str], require_person: bool = True) -> Footage:
+    """Scan the footage (cached in cache/ingest/images/) and decide who the person is.
+
+    Raises a PersonaError when nothing is readable, or (with require_person) when nobody can be
+    picked; file problems go to `problems`.
+    """
     backend = fx.backend(settings.face_backend)
     match = settings.match_distance or backend.match_distance
     references = _references(faces, settings, problems)
@@ -131,11 +147,20 @@ def _ingest(ws: Any, videos: list[Path], images: list[Path], settings: ImageSett
         names = ", ".join(s.path.name for s in sources[:5]) + (", ..." if len(sources) > 5 else "")
         raise PersonaError(f"none of the footage could be read ({names})",
                            fix="fix or replace the files; the warnings above say what is wrong with each")
-    analyses = [s.analysis for s in usable]
-    identity = select.identify(analyses, references, backend, match, settings.identity_margin)
+    identity = select.identify([s.analysis for s in usable], references, backend, match, settings.identity_margin)
     _per_file_problems(usable, identity, match, problems)
-    if not identity.accepted.any():
-        raise _nobody(identity, len(references) > 0, match)
+    if require_person and not identity.accepted.any():
+        raise nobody(identity, len(references) > 0, match)
+    return Footage(usable, identity, backend, match, scanned)
+
+
+def _ingest(ws: Any, videos: list[Path], images: list[Path], settings: ImageSettings, faces: list[Path],
+            problems: list[str]) -> dict[str, Any]:
+    florence = _captioner(ws, settings)
+    footage = scan_and_identify(ws, videos, images, settings, faces, problems)
+    usable, identity, backend, match, scanned = (footage.usable, footage.identity, footage.backend, footage.match,
+                                                 footage.scanned_now)
+    analyses = [s.analysis for s in usable]
     found, rejected = select.candidates(analyses, identity, settings, match)
     distinct, rejected[select.DUPLICATE] = select.dedupe(found, settings.dedupe_bits)
     ordered = select.order_by_variety(distinct)
@@ -244,7 +269,7 @@ def _per_file_problems(usable: list[scan.Source], identity: select.Identity, mat
                 "fine if the person is not in it; otherwise pass --face PHOTO to say who the person is")))
 
 
-def _nobody(identity: select.Identity, with_refs: bool, match: float) -> PersonaError:
+def nobody(identity: select.Identity, with_refs: bool, match: float) -> PersonaError:
     if not len(identity.distance):
         return PersonaError("no face found in any of the footage",
                             fix="use footage where the person's face is visible; lower min_face for small faces")

@@ -1,9 +1,10 @@
-"""`persona ingest`: footage -> the image dataset and the voice dataset.
+"""`persona ingest`: footage -> the image dataset, the presenter clips and the voice dataset.
 
 The image side runs first: the time spans where the person's face is on screen
 (datasets/images/presence.json) tell the voice side whose voice to keep when no enrollment clip
-is given. Each side skips bad files and goes on; the command fails only when neither side
-produced a usable dataset.
+is given, and the presenter side reuses its scan and its choice of person. Each side skips bad
+files and goes on; the command fails only when no side produced anything usable (footage without a
+presenter stretch is not a failure: the presenter summary says why).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rich.markup import escape
 
 from persona.data.images import ImageSettings, ingest_images
 from persona.data.inputs import discover
+from persona.data.presenter import PresenterSettings, ingest_presenter
 from persona.data.voice import VoiceIngestSettings, ingest_voice
 from persona.errors import PersonaError
 from persona.lock import locked
@@ -25,20 +27,27 @@ from persona.progress import console
 
 @locked("ingest")
 def ingest(ws: Any, paths: list[Path], *, faces: list[Path] = (), voices: list[Path] = (), images: bool = True,
-           voice: bool = True, image_settings: ImageSettings | None = None,
-           voice_settings: VoiceIngestSettings | None = None) -> dict[str, Any]:
-    if not images and not voice:
-        raise PersonaError("nothing to do: both sides are switched off", fix="drop --images-only or --voice-only")
+           voice: bool = True, presenter: bool = True, image_settings: ImageSettings | None = None,
+           voice_settings: VoiceIngestSettings | None = None,
+           presenter_settings: PresenterSettings | None = None) -> dict[str, Any]:
+    if not images and not voice and not presenter:
+        raise PersonaError("nothing to do: every side is switched off",
+                           fix="drop --images-only, --voice-only, --presenter-only or --no-presenter")
     found = discover(paths)
     if not found:
         raise PersonaError("no videos, images or audio files among the inputs",
                            fix="give files or folders of footage (mp4, mov, mkv, webm, avi; jpg, png; wav, mp3, ...)")
     summary: dict[str, Any] = {"workspace": str(ws.root), "inputs": found.summary(), "images": None, "voice": None,
-                               "failed": {}}
+                               "presenter": None, "failed": {}}
     sides = []
     if images:
         sides.append(("images", lambda: ingest_images(ws, found.videos, found.images, image_settings, faces),
                       found.videos or found.images))
+    if presenter:
+        # The image side already reported each file's scan problems; they are not repeated.
+        sides.append(("presenter", lambda: ingest_presenter(ws, found.videos, found.images, presenter_settings,
+                                                            image_settings, faces, report_scan_problems=not images),
+                      found.videos))
     if voice:
         sides.append(("voice", lambda: ingest_voice(ws, found.videos + found.audio, voice_settings, enroll=voices),
                       found.videos or found.audio))
@@ -52,7 +61,9 @@ def ingest(ws: Any, paths: list[Path], *, faces: list[Path] = (), voices: list[P
             problem = e if isinstance(e, PersonaError) else _os_problem(e, ws.root)
             summary["failed"][name] = str(problem)
             console.print(f"[red]{name} side failed:[/red] {escape(str(problem))}", markup=True, highlight=False)
-    if not summary["images"] and not summary["voice"]:
+    clips = (summary["presenter"] or {}).get("clips")
+    presenter_alone = presenter and not images and not voice and summary["presenter"] is not None
+    if not summary["images"] and not summary["voice"] and not clips and not presenter_alone:
         problems = "; ".join(f"{k}: {v}" for k, v in summary["failed"].items())
         raise PersonaError(f"no usable dataset resulted ({problems})", fix="see the messages above for each file")
     return summary

@@ -182,15 +182,20 @@ def doctor(ctx: Ctx, comfyui_urls: tuple[str, ...], as_json: bool) -> None:
 @click.option("--max-clip", type=float, help="Longest voice clip in seconds (default 12).")
 @click.option("--images-only", is_flag=True, help="Only the image dataset.")
 @click.option("--voice-only", is_flag=True, help="Only the voice dataset.")
+@click.option("--presenter-only", is_flag=True, help="Only the presenter clips.")
+@click.option("--no-presenter", is_flag=True, help="Skip the presenter clips.")
 @click.option("--image-recipe", help="ingest-images recipe (fast, wide-shots) or a .toml file.")
 @click.option("--voice-recipe", help="ingest-voice recipe (strict) or a .toml file.")
+@click.option("--presenter-recipe", help="ingest-presenter recipe (small-faces) or a .toml file.")
 @json_option
 @click.pass_obj
 def ingest(ctx: Ctx, footage: tuple[Path, ...], faces: tuple[Path, ...], voices: tuple[Path, ...], count: int | None,
            captions: str | None, min_clip: float | None, max_clip: float | None, images_only: bool, voice_only: bool,
-           image_recipe: str | None, voice_recipe: str | None, as_json: bool) -> None:
+           presenter_only: bool, no_presenter: bool, image_recipe: str | None, voice_recipe: str | None,
+           presenter_recipe: str | None, as_json: bool) -> None:
     """Build the datasets from raw footage: sharp, varied, captioned frames of the person in
-    datasets/images, and clean single-speaker clips of their voice with transcripts in datasets/voice.
+    datasets/images, clips of the person alone and facing the camera in datasets/presenter, and
+    clean single-speaker clips of their voice with transcripts in datasets/voice.
 
     FOOTAGE: video files, still images, audio files, or folders of them (searched recursively).
     Other people may appear and speak too: only the person is kept. A re-run skips what it
@@ -202,19 +207,28 @@ def ingest(ctx: Ctx, footage: tuple[Path, ...], faces: tuple[Path, ...], voices:
       persona ingest lecture.mp4 interview.mkv --face me.jpg --voice me_alone.wav
       persona ingest videos/ --images-only --count 40 --image-recipe wide-shots
       persona ingest podcast.mp3 --voice-only --min-clip 4 --json
+      persona ingest videos/ --presenter-only --presenter-recipe small-faces
     """
     from persona.config import resolve_settings
     from persona.data.images import ImageSettings
     from persona.data.ingest import ingest as run
+    from persona.data.presenter import PresenterSettings
     from persona.data.voice import VoiceIngestSettings
 
-    if images_only and voice_only:
-        raise PersonaError("--images-only and --voice-only exclude each other", fix="pass at most one of them")
+    if images_only + voice_only + presenter_only > 1:
+        raise PersonaError("--images-only, --voice-only and --presenter-only exclude each other",
+                           fix="pass at most one of them")
+    if presenter_only and no_presenter:
+        raise PersonaError("--presenter-only and --no-presenter exclude each other", fix="pass at most one of them")
     image_settings = resolve_settings(ImageSettings, "ingest-images", image_recipe, {"count": count, "captions": captions})
     voice_settings = resolve_settings(VoiceIngestSettings, "ingest-voice", voice_recipe,
                                       {"min_clip": min_clip, "max_clip": max_clip})
-    summary = run(ctx.workspace(), list(footage), faces=list(faces), voices=list(voices), images=not voice_only,
-                  voice=not images_only, image_settings=image_settings, voice_settings=voice_settings)
+    presenter_settings = resolve_settings(PresenterSettings, "ingest-presenter", presenter_recipe)
+    only = images_only or voice_only or presenter_only
+    summary = run(ctx.workspace(), list(footage), faces=list(faces), voices=list(voices),
+                  images=images_only or not only, voice=voice_only or not only,
+                  presenter=(presenter_only or not only) and not no_presenter, image_settings=image_settings,
+                  voice_settings=voice_settings, presenter_settings=presenter_settings)
     emit(summary, as_json)
 
 

@@ -171,20 +171,25 @@ def step_speak(d: Demo) -> str:
 def step_ingest(d: Demo) -> str:
     from persona.data.images import ImageSettings
     from persona.data.ingest import ingest
+    from persona.data.presenter import PresenterSettings
     from persona.data.voice import VoiceIngestSettings
 
     footage = [Path(d.footage["files"][k]) for k in ("lecture", "interview")]
-    # The demo's 360p faces are smaller than real footage's: look for them at 96 px. The tiny Whisper
-    # never stops talking, so its (meaningless) transcripts are kept despite hitting the token limit.
+    # The demo's 360p faces are smaller than real footage's: look for them at 96 px (for the presenter
+    # clips too; one short clip keeps the step quick). The tiny Whisper never stops talking, so its
+    # (meaningless) transcripts are kept despite hitting the token limit.
     images = ImageSettings(count=8, min_face=96, sample_every=0.5, resolution=512)
     summary = ingest(d.workspace, footage, image_settings=images,
-                     voice_settings=VoiceIngestSettings(drop_truncated=False, min_asr_logprob=None))
+                     voice_settings=VoiceIngestSettings(drop_truncated=False, min_asr_logprob=None),
+                     presenter_settings=PresenterSettings(min_face=96, count=1, max_seconds=6.0))
     d.results["ingest"] = {"images": summary["images"] and summary["images"].get("images"),
                            "voice_clips": summary["voice"] and summary["voice"].get("clips"),
+                           "presenter_clips": summary["presenter"] and summary["presenter"].get("clips"),
                            "failed": summary["failed"]}
-    images, voice = summary["images"] or {}, summary["voice"] or {}
+    images, voice, presenter = summary["images"] or {}, summary["voice"] or {}, summary["presenter"] or {}
     return (f"{images.get('images', 0)} images in {d.workspace.pack.datasets.images}, "
-            f"{voice.get('clips', 0)} voice clips ({voice.get('seconds', 0):.1f} s) in {d.workspace.pack.datasets.voice}"
+            f"{voice.get('clips', 0)} voice clips ({voice.get('seconds', 0):.1f} s) in {d.workspace.pack.datasets.voice}, "
+            f"{presenter.get('clips', 0)} presenter clips ({presenter.get('seconds', 0):.1f} s)"
             + (f"; failed: {summary['failed']}" if summary["failed"] else ""))
 
 

@@ -15,6 +15,7 @@ RECIPE_SETTINGS: dict[str, str] = {
     "ingest-voice": "persona.data.voice:VoiceIngestSettings",
     "lora": "persona.train.lora:LoraSettings",
     "ingest-images": "persona.data.images:ImageSettings",
+    "ingest-presenter": "persona.data.presenter:PresenterSettings",
 }
 
 
