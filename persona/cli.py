@@ -65,9 +65,12 @@ class LifecycleOrder(click.Group):
 @click.option("-w", "--workspace", type=click.Path(file_okay=False, path_type=Path),
               help="Workspace folder (default: the nearest folder upwards holding persona.toml).")
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.option("--trust-pack", is_flag=True,
+              help="Let this workspace's persona.toml name code-bearing models (FILM TorchScript, LatentSync and "
+                   "sd-scripts checkouts). Only for packs you made or whose maker you trust.")
 @click.version_option(__version__, prog_name="persona")
 @click.pass_context
-def cli(ctx: click.Context, workspace: Path | None, debug: bool) -> None:
+def cli(ctx: click.Context, workspace: Path | None, debug: bool, trust_pack: bool) -> None:
     """Build a digital likeness of one consenting person and make short explainer videos with it.
 
     \b
@@ -76,6 +79,10 @@ def cli(ctx: click.Context, workspace: Path | None, debug: bool) -> None:
       persona doctor                      what this machine has and what is missing
       persona demo --keep /tmp/demo       run everything on tiny offline models
     """
+    if trust_pack:
+        from persona.models import TRUST_ENV
+
+        os.environ[TRUST_ENV] = "1"  # the environment, so that processes persona starts trust it too
     ctx.obj = Ctx(workspace, debug)
 
 

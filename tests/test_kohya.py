@@ -22,7 +22,7 @@ from test_train_lora import write_dataset
 
 
 @pytest.fixture
-def kohya_ws(make_workspace, tiny_models, tmp_path):
+def kohya_ws(make_workspace, tiny_models, tmp_path, own_config):
     """A workspace with an image dataset, a folder standing for the sd-scripts checkout, and a FLUX.1
     folder that also has BFL's single files (empty here: nothing loads them in this test)."""
     ws = make_workspace()
@@ -35,8 +35,13 @@ def kohya_ws(make_workspace, tiny_models, tmp_path):
     shutil.copytree(tiny_models["flux"], flux)
     (flux / "ae.safetensors").write_bytes(b"")
     (flux / "flux1-dev.safetensors").write_bytes(b"")
-    ws.update("models", {"sd-scripts": str(repo), "flux": str(flux)})
+    ws.update("models", {"flux": str(flux)})
+    own_config(models={"sd-scripts": repo})  # a checkout is code: the user's own config names it
     return ws
+
+
+def sd_scripts(ws) -> Path:
+    return ws.root.parent / "sd-scripts"  # the kohya_ws fixture's stand-in checkout
 
 
 def prepared(ws, recipe: str, resume=None, **overrides):
@@ -87,7 +92,7 @@ def test_dataset_and_arguments_follow_the_recipe(kohya_ws):
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
     assert cmd[-3:] == ["flux_train_network.py", "--config_file", str(job["args_toml"])]
     assert cmd[cmd.index("--mixed_precision") + 1] == "bf16"
-    assert job["repo"] == Path(kohya_ws.pack.models["sd-scripts"])
+    assert job["repo"] == Path(sd_scripts(kohya_ws))
 
 
 def test_small_recipes_swap_blocks_and_adafactor_gets_kohya_args(kohya_ws):
@@ -197,7 +202,7 @@ def test_a_kohya_run_lands_in_the_pack(kohya_ws):
     from persona.train.lora import train_lora
     from persona.workspace import Workspace
 
-    Path(kohya_ws.pack.models["sd-scripts"], "flux_train_network.py").write_text(STAND_IN)
+    Path(sd_scripts(kohya_ws), "flux_train_network.py").write_text(STAND_IN)
     s = resolve_settings(LoraSettings, "lora", "tiny-cpu", {"steps": 3, "kohya_args": {"fail": True}})
     with pytest.raises(PersonaError, match="sd-scripts failed \\(exit 1\\): torch.OutOfMemoryError") as e:
         train_lora(kohya_ws, s, backend="kohya")
