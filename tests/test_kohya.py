@@ -44,6 +44,9 @@ def sd_scripts(ws) -> Path:
     return ws.root.parent / "sd-scripts"  # the kohya_ws fixture's stand-in checkout
 
 
+KOHYA_BUCKETS = {"bucket_step": 64, "resolutions": [64, 128]}  # tiny-cpu's 32-pixel buckets are native-only
+
+
 def prepared(ws, recipe: str, resume=None, **overrides):
     s = resolve_settings(LoraSettings, "lora", recipe, overrides)
     examples, _ = data.read_examples(ws.path("datasets/images"), ws.token)
@@ -203,12 +206,12 @@ def test_a_kohya_run_lands_in_the_pack(kohya_ws):
     from persona.workspace import Workspace
 
     Path(sd_scripts(kohya_ws), "flux_train_network.py").write_text(STAND_IN)
-    s = resolve_settings(LoraSettings, "lora", "tiny-cpu", {"steps": 3, "kohya_args": {"fail": True}})
+    s = resolve_settings(LoraSettings, "lora", "tiny-cpu", {"steps": 3, "kohya_args": {"fail": True}, **KOHYA_BUCKETS})
     with pytest.raises(PersonaError, match="sd-scripts failed \\(exit 1\\): torch.OutOfMemoryError") as e:
         train_lora(kohya_ws, s, backend="kohya")
     assert e.value.file.name == "last-output.txt" and "CUDA out of memory" in e.value.file.read_text()
 
-    s = resolve_settings(LoraSettings, "lora", "tiny-cpu", {"steps": 3})
+    s = resolve_settings(LoraSettings, "lora", "tiny-cpu", {"steps": 3, **KOHYA_BUCKETS})
     summary = train_lora(kohya_ws, s, backend="kohya")
     assert summary["backend"] == "kohya" and summary["final_loss"] == pytest.approx(0.4)
     with safe_open(summary["lora"], "pt") as f:
@@ -217,3 +220,37 @@ def test_a_kohya_run_lands_in_the_pack(kohya_ws):
     assert meta["ss_network_dim"] == "4" and meta["persona.backend"] == "kohya" and meta["persona.steps"] == "3"
     pack = Workspace(kohya_ws.root).pack
     assert pack.lora.backend == "kohya" and pack.lora.path == f"lora/{Path(summary['lora']).name}"
+
+
+def test_a_packs_sd_scripts_python_runs_nothing(kohya_ws, tmp_path, monkeypatch):
+    from persona.models import CodeRefused, user_config_path
+    from persona.train.lora import train_lora
+
+    monkeypatch.delenv("PERSONA_SD_SCRIPTS_PYTHON", raising=False)
+    user_config_path().unlink()  # nothing of the user's own: only the pack names a checkout
+    repo = kohya_ws.root / "sd-scripts"
+    (repo / "venv" / "bin").mkdir(parents=True)
+    (repo / "flux_train_network.py").write_text("")
+    marker = tmp_path / "python-ran"
+    python = repo / "venv" / "bin" / "python"
+    python.write_text(f"#!/bin/sh\necho ran > '{marker}'\nexit 1\n")
+    python.chmod(0o755)
+    kohya_ws.update("models", {"sd-scripts": "sd-scripts"})
+    s = resolve_settings(LoraSettings, "lora", "tiny-cpu", {"steps": 3, **KOHYA_BUCKETS})
+    with pytest.raises(CodeRefused, match="sd-scripts = '.*sd-scripts' is a checkout whose Python persona would run"):
+        train_lora(kohya_ws, s, backend="kohya")
+    assert not marker.exists()
+    monkeypatch.setenv("PERSONA_TRUST_PACK", "1")  # --trust-pack
+    with pytest.raises(PersonaError, match="sd-scripts failed"):
+        train_lora(kohya_ws, s, backend="kohya")
+    assert marker.exists()
+
+
+def test_bucket_step_must_suit_kohya(kohya_ws):
+    from persona.train.lora import train_lora
+
+    s = resolve_settings(LoraSettings, "lora", "tiny-cpu", {"steps": 3, "bucket_step": 32})
+    with pytest.raises(PersonaError, match="bucket_step 32 is not a multiple of 64") as e:
+        train_lora(kohya_ws, s, backend="kohya")
+    assert "--backend native" in str(e.value)
+    assert not (kohya_ws.root / "cache" / "lora").exists() and not (kohya_ws.root / "runs").exists()  # nothing done
