@@ -365,6 +365,16 @@ def render(ctx: Ctx, topic: Path | None, script_file: Path | None, name: str | N
     only the scenes that changed are redone, and a killed render resumes where it stopped.
 
     \b
+    script.json (--script FILE, or the LLM's):
+      {"title": "How computers see",
+       "scenes": [{"narration": "Dr. Lee counts 3.5 million pixels. Each is a number!",
+                   "image_prompt": "the presenter in a lab", "motion_prompt": "slow push-in",
+                   "on_camera": true}, ...]}
+      up to 8 scenes (script.max_scenes); narration is 1-3 sentences, each ending in . ! or ?
+      and at most 240 characters: letters, digits, spaces and , ; : ' ’ ( ) % & / - (no double
+      quotes), with a . only in decimals (3.5) and abbreviations (Dr., Mr., e.g.).
+
+    \b
     Examples:
       persona render topic.txt
       persona render topic.txt --until keyframes      # review before the slow video stage

@@ -224,3 +224,14 @@ def test_a_dropped_connection_is_retried(monkeypatch):
     finally:
         server.close()
     assert server.drops == 10 - 4  # bounded: the first try and 3 retries
+
+
+def test_render_help_states_the_script_schema():
+    from click.testing import CliRunner
+
+    from persona.cli import cli
+
+    text = CliRunner().invoke(cli, ["render", "--help"], terminal_width=100).output
+    for field in ('"title"', '"scenes"', '"narration"', '"image_prompt"', '"motion_prompt"', '"on_camera"'):
+        assert field in text
+    assert "1-3 sentences" in text and "decimals (3.5)" in text and "up to 8 scenes" in text
