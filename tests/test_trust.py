@@ -175,3 +175,16 @@ def test_pickled_checkpoint_is_refused_without_unsafe_advice(tmp_path):
     line = str(e.value)
     assert line.startswith(f"{path}: refused: not a plain weights file") and "\n" not in line
     assert "weights_only" not in line and "trusted source" not in line
+
+
+def test_every_torch_load_refuses_without_unsafe_advice(tmp_path):
+    import collections
+    import pickle
+
+    from persona.train.voice_trainer import read_weights
+
+    path = tmp_path / "voice.pt"
+    path.write_bytes(pickle.dumps({"ema_model_state_dict": collections.OrderedDict(x=collections.Counter())}))
+    with pytest.raises(PersonaError) as e:
+        read_weights(path)
+    assert "refused: not a plain weights file" in str(e.value) and "weights_only" not in str(e.value)
