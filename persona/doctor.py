@@ -84,7 +84,7 @@ def diagnose(workspace: Any | None = None) -> dict[str, Any]:
         try:
             found = find(m.key, models=models_table)
         except CodeRefused as e:  # a pack's code-bearing entry, refused: shown, not fatal
-            found = Located(m.key, Path(models_table[m.key]), "[models]", problems=[e.message])
+            found = Located(m.key, Path(models_table[m.key]), "[models]", problems=[str(e)])
         ok = found is not None and not found.problems
         models.append({
             "key": m.key, "title": m.title, "stages": list(m.stages), "licence": m.licence, "found": ok,

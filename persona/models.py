@@ -269,11 +269,12 @@ def pack_trusted() -> bool:
     return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes") or user_config().trust_pack
 
 
-def _refusal(m: ModelSpec, raw: str) -> str:
+def _refusal(m: ModelSpec, raw: str) -> CodeRefused:
     what = {"file": "a TorchScript file, which is code", "checkout": "a checkout whose Python persona would run"}
-    return (f"refused: persona.toml's [models] {m.key} = {raw!r} is {what.get(m.kind, 'code')}, and a pack must not "
-            f"run code on this machine; set it yourself (${m.env}, or [models] in {user_config_path()}), or run "
-            f"`persona --trust-pack ...` if you trust whoever made this pack")
+    return CodeRefused(f"refused: persona.toml's [models] {m.key} = {raw!r} is {what.get(m.kind, 'code')}, "
+                       "and a pack must not run code on this machine",
+                       fix=f"set it yourself (${m.env}, or [models] in {user_config_path()}), or run "
+                           "`persona --trust-pack ...` if you trust whoever made this pack")
 
 
 def f5_base_arch() -> dict:
@@ -394,7 +395,7 @@ def find(key: str, explicit: str | Path | None = None, models: dict[str, str] | 
         candidates.append(("user config", own.models[key]))
     if m.runs_code and pack_entry and not candidates:
         if not pack_trusted():
-            raise CodeRefused(_refusal(m, pack_entry[0][1]))
+            raise _refusal(m, pack_entry[0][1])
         candidates += pack_entry
     for source, raw in candidates:
         path = Path(raw).expanduser()
