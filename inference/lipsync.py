@@ -116,7 +116,8 @@ class LatentSync:
 
 
 def lipsyncer(ws: Any, settings: LipsyncSettings) -> LipSyncer | None:
-    """The configured lip syncer, or None when lip sync is off or no checkout is set up."""
+    """The configured lip syncer, or None when lip sync is off or no checkout is set up. A checkout
+    is code: a pack's [models] latentsync is refused by the locator unless the user trusts the pack."""
     if not settings.enabled:
         return None
     found = find("latentsync", models=ws.pack.models)
@@ -124,7 +125,8 @@ def lipsyncer(ws: Any, settings: LipsyncSettings) -> LipSyncer | None:
         return None
     if found.problems:
         raise PersonaError(f"LatentSync checkout: {'; '.join(found.problems)}", file=found.path,
-                           fix="point PERSONA_LATENTSYNC or [models] latentsync at a LatentSync checkout")
+                           fix="point PERSONA_LATENTSYNC, or latentsync in your user config (see `persona doctor`), "
+                               "at a LatentSync checkout")
     return LatentSync(found.path, settings)
 
 
