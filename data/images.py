@@ -6,8 +6,10 @@
 Written to `<workspace>/datasets/images/`: NNNN.png + NNNN.txt (kohya layout), dataset.toml (kohya
 dataset config), metadata.jsonl (Hugging Face imagefolder), manifest.json (one entry per image),
 presence.json (when the person is on screen in each video), report.json (why candidates were
-rejected) and review/contact_sheet.png (in a subfolder, so no trainer mistakes it for a sample).
-The folder is built beside the old one and swapped in whole, so a killed run never leaves a mix.
+rejected). The contact sheet goes beside it, to `datasets/images-review/contact_sheet.png`: any image
+inside the dataset folder, even in a subfolder, is a sample to Hugging Face's imagefolder (datasets
+<= 3.3 then fails on the sheet's missing metadata row). The folder is built beside the old one and
+swapped in whole, so a killed run never leaves a mix.
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ from persona.data import captions as cap
 from persona.data import crops, frames, scan, select
 from persona import faces as fx
 from persona.errors import PersonaError
-from persona.files import hash_file, hash_json, is_fresh, mark_fresh, read_json, staged_dir, write_json, write_text
+from persona.files import (hash_file, hash_json, is_fresh, mark_fresh, read_json, read_json_strict, staged_dir,
+                           write_json, write_text)
 from persona.lock import locked
 from persona.progress import info, meter, track, warn
 
 DATASET = "datasets/images"
+REVIEW = "datasets/images-review"  # outside the dataset folder: see the module docstring
 CACHE = "cache/ingest/images"
 SELECTION_VERSION = 1
 
@@ -173,7 +177,11 @@ def _ingest(ws: Any, videos: list[Path], images: list[Path], settings: ImageSett
         if not ordered:
             raise _nothing_usable(rejected)
         _build(ws, root, usable, identity, ordered, rejected, settings, backend, match, key)
-    manifest = read_json(root / "manifest.json", [])
+    manifest = read_json_strict(root / "manifest.json", fix=f"delete {root} and run the same ingest again "
+                                                            "(the scan cache makes it quick)")
+    if not isinstance(manifest, list) or not all(isinstance(e, dict) and "file" in e for e in manifest):
+        raise PersonaError("is not a list of images", file=root / "manifest.json",
+                           fix=f"delete {root} and run the same ingest again (the scan cache makes it quick)")
     report = read_json(root / "report.json", {})
     captioner = _caption(ws, root, manifest, settings, florence, problems)
     ws.update("datasets", {"images": ws.relative(root)})
@@ -190,7 +198,7 @@ def _ingest(ws: Any, videos: list[Path], images: list[Path], settings: ImageSett
                     "seconds": report.get("seconds_of_footage")},
         "rejected": report.get("rejected", {}), "candidates": report.get("candidates"),
         "presence": {k: round(sum(b - a for a, b in v), 2) for k, v in read_json(root / "presence.json", {}).items()},
-        "contact_sheet": ws.relative(root / "review" / "contact_sheet.png"), "problems": problems,
+        "contact_sheet": ws.relative(ws.path(REVIEW) / "contact_sheet.png"), "problems": problems,
     }
 
 
@@ -292,13 +300,15 @@ def _build(ws: Any, root: Path, usable: list[scan.Source], identity: select.Iden
            rejected: Counter, settings: ImageSettings, backend: fx.FaceBackend, match: float, key: str) -> None:
     """Extract, verify, crop and write the dataset into a staging folder, then swap it in."""
     with staged_dir(root) as staging:
-        _write(ws, root, staging, usable, identity, ordered, rejected, settings, backend, match)
+        manifest = _write(ws, root, staging, usable, identity, ordered, rejected, settings, backend, match)
+    crops.contact_sheet([root / e["file"] for e in manifest], [f"{e['file'][:4]} {e['framing']}" for e in manifest],
+                        ws.path(REVIEW) / "contact_sheet.png")
     mark_fresh(root / "manifest.json", key)
 
 
 def _write(ws: Any, root: Path, staging: Path, usable: list[scan.Source], identity: select.Identity,
            ordered: list[select.Candidate], rejected: Counter, settings: ImageSettings, backend: fx.FaceBackend,
-           match: float) -> None:
+           match: float) -> list[dict[str, Any]]:
     chosen, examined = _extract(usable, ordered, settings, identity, backend, match, rejected)
     if not chosen:
         raise _nothing_usable(rejected)
@@ -319,8 +329,7 @@ def _write(ws: Any, root: Path, staging: Path, usable: list[scan.Source], identi
     presence = {str(s.path): select.presence(s.analysis, i, identity)
                 for i, s in enumerate(usable) if s.kind == "video"}
     write_json(staging / "presence.json", presence)
-    crops.contact_sheet([staging / e["file"] for e in manifest], [f"{e['file'][:4]} {e['framing']}" for e in manifest],
-                        staging / "review" / "contact_sheet.png")
+    return manifest
 
 
 def _extract(usable: list[scan.Source], ordered: list[select.Candidate], settings: ImageSettings,

@@ -59,8 +59,13 @@ class Film:
         import torch
 
         self.device = device or default_device()
-        # TorchScript is a restricted program format, not a pickle of arbitrary Python objects.
-        self.model = torch.jit.load(str(path), map_location=self.device).eval()
+        # TorchScript is a program (it can write files, e.g. with torch.save), so the locator only
+        # hands out a FILM path from the user's own configuration or a pack the user trusts.
+        try:
+            self.model = torch.jit.load(str(path), map_location=self.device).eval()
+        except (RuntimeError, ValueError) as e:
+            raise PersonaError(f"is not a TorchScript FILM export ({str(e).strip().splitlines()[0][:120]})", file=path,
+                               fix="use film_net_fp32.pt from frame-interpolation-pytorch's releases") from None
 
     def midpoint(self, a, b):
         import torch

@@ -171,7 +171,9 @@ class LatentSync:
 
 
 def lipsyncer(ws: Workspace, settings: LipsyncSettings) -> tuple[Backend | None, str | None]:
-    """The configured lip-sync backend, or None and the reason (off, or its weights are missing)."""
+    """The configured lip-sync backend, or None and the reason (off, or its weights are missing). A
+    LatentSync checkout is code: a pack's [models] latentsync is refused by the locator unless the user
+    trusts the pack."""
     if not settings.enabled:
         return None, "off in the render settings"
     if settings.backend == "musetalk":
@@ -186,7 +188,8 @@ def lipsyncer(ws: Workspace, settings: LipsyncSettings) -> tuple[Backend | None,
         return None, "LatentSync is not configured (PERSONA_LATENTSYNC or [models] latentsync; see `persona doctor`)"
     if found.problems:
         raise PersonaError(f"LatentSync checkout: {'; '.join(found.problems)}", file=found.path,
-                           fix="point PERSONA_LATENTSYNC or [models] latentsync at a LatentSync checkout")
+                           fix="point PERSONA_LATENTSYNC, or latentsync in your user config (see `persona doctor`), "
+                               "at a LatentSync checkout")
     return LatentSync(found.path, settings), None
 
 

@@ -10,40 +10,88 @@ workspace's `prompts/script.txt` overrides it).
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from persona.errors import PersonaError
 from persona.progress import warn
 
 # A sentence: letters (Latin, with accents), digits, spaces and light punctuation, ending in . ! or ?
-# No inner . ! ? (TTS pacing and subtitles split on them), no double quotes or backslashes (JSON
-# escapes trip up small models), and no stray bytes (constrained decoders otherwise accept tokens
-# that decode to U+FFFD).
+# No other . ! ? inside (TTS pacing and subtitles split on them) except in decimals and a few common
+# abbreviations, no double quotes or backslashes (JSON escapes trip up small models), and no stray
+# bytes (constrained decoders otherwise accept tokens that decode to U+FFFD).
 MAX_SENTENCE = 240
+MAX_SENTENCES = 3
 _CHARS = "A-Za-z0-9À-ÖØ-öø-ÿ ,;:'’()%&/\\-"
+_START = "A-Za-z0-9À-ÖØ-öø-ÿ'("
+# Abbreviations whose full stop does not end a sentence. Words that also end sentences ("etc.",
+# "No.", "St.") are left out: a sentence ending in them would be merged with the next.
+ABBREVIATIONS = ("Dr", "Mr", "Mrs", "Ms", "Prof", "vs", "e.g", "i.e", "cf", "approx", "Fig")
+_ABBR = "|".join(re.escape(a) for a in ABBREVIATIONS)
+NARRATION_RULES = (f"narration is 1 to {MAX_SENTENCES} sentences separated by one space, each ending in . ! or ?, "
+                   f"at most {MAX_SENTENCE} characters and starting with a letter, a digit, ' or (; inside a sentence "
+                   "only letters, digits, spaces and , ; : ' ’ ( ) % & / - are allowed (no double quotes, no "
+                   "backslashes), and a . only in decimals (3.5) and abbreviations (" +
+                   ", ".join(a + "." for a in ABBREVIATIONS[:5]) + ", e.g.)")
+
+
+def sentence_pattern(max_sentence_chars: int = MAX_SENTENCE) -> str:
+    """One sentence as the validator reads it: decimals and abbreviations may hold a full stop.
+    ({0,N} counts pieces, not characters; the validator checks the length exactly.)"""
+    return rf"(?:(?:{_ABBR})\.|[{_START}])(?:[{_CHARS}]|\.[0-9]|(?:{_ABBR})\.){{0,{max_sentence_chars - 2}}}[.!?]"
 
 
 def narration_pattern(max_sentence_chars: int = MAX_SENTENCE) -> str:
-    sentence = rf"[A-Za-z0-9À-ÖØ-öø-ÿ'(][{_CHARS}]{{0,{max_sentence_chars - 2}}}[.!?]"
-    return rf"^{sentence}( {sentence}){{0,2}}$"
+    """The narration as LLMs are constrained to write it: the plain form, without abbreviations or
+    decimals, which would multiply the states of a constrained decoder's automaton (outlines took
+    minutes and gigabytes on it) and which a narrator reads better spelled out anyway."""
+    sentence = rf"[{_START}][{_CHARS}]{{0,{max_sentence_chars - 2}}}[.!?]"
+    return rf"^{sentence}( {sentence}){{0,{MAX_SENTENCES - 1}}}$"
 
 
 NARRATION_PATTERN = narration_pattern()
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_SENTENCE = re.compile(sentence_pattern())
+# A sentence ends at . ! or ? followed by space, unless the full stop closes an abbreviation.
+SENTENCE_END = re.compile(r"(?<=[.!?])" + "".join(rf"(?<!\b{re.escape(a)}\.)" for a in ABBREVIATIONS) + r"\s+")
+_ALLOWED = re.compile(rf"[{_CHARS}.!?]")
+
+
+def narration_problem(text: str, max_sentence_chars: int = MAX_SENTENCE) -> str | None:
+    """What breaks the narration rules, in words (None when it keeps them)."""
+    bad = next((c for c in text if not _ALLOWED.fullmatch(c)), None)
+    if bad is not None:
+        return f"the character {bad!r} is not allowed"
+    if text != text.strip() or not text:
+        return "it starts or ends with a space"
+    if text[-1] not in ".!?":
+        return "it does not end in . ! or ?"
+    sentences = SENTENCE_END.split(text)
+    if len(sentences) > MAX_SENTENCES:
+        return f"it has {len(sentences)} sentences"
+    if "  " in text:
+        return "it has two spaces in a row"
+    for i, sentence in enumerate(sentences, 1):
+        if len(sentence) > max_sentence_chars:
+            return f"sentence {i} has {len(sentence)} characters"
+        if not re.match(rf"[{_START}]", sentence):
+            return f"sentence {i} starts with {sentence[0]!r}"
+        if not _SENTENCE.fullmatch(sentence):
+            return f"sentence {i} has . ! or ? inside it (\"{sentence[:40]}\")"
+    return None
 
 
 class Scene(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    narration: str = Field(min_length=2, max_length=750, pattern=NARRATION_PATTERN,
-                           description="1 to 3 spoken sentences")
+    narration: str = Field(min_length=2, max_length=750, description="1 to 3 spoken sentences")
     image_prompt: str = Field(min_length=3, max_length=400, description="what the keyframe shows")
     motion_prompt: str = Field(min_length=3, max_length=200, description="how the shot moves")
     on_camera: bool = Field(description="is the person on screen in this scene?")
@@ -52,6 +100,14 @@ class Scene(BaseModel):
     presenter: Literal["footage", "generated", "talking"] | None = Field(
         default=None, description="footage: the person's own clip, lip-synced; generated: FLUX + Wan, lip-synced; "
                                   "talking: FLUX + audio-driven video (ComfyUI engine)")
+
+    @field_validator("narration")
+    @classmethod
+    def _narration_rules(cls, text: str) -> str:
+        problem = narration_problem(text)
+        if problem:
+            raise ValueError(f"{problem}; {NARRATION_RULES}")
+        return text
 
     def sentences(self) -> list[str]:
         return [s for s in SENTENCE_END.split(self.narration.strip()) if s]
@@ -97,17 +153,30 @@ def script_schema(s: "ScriptSettings") -> dict[str, Any]:
     return schema
 
 
-def load_script(path: str | Path) -> Script:
+def load_script(path: str | Path, settings: "ScriptSettings | None" = None) -> Script:
+    """A script.json, validated, with at most `settings.max_scenes` scenes (the default settings'
+    when none are given)."""
     path = Path(path)
+    max_scenes = (settings or ScriptSettings()).max_scenes
     try:
-        return Script.model_validate_json(path.read_text(encoding="utf-8"))
+        script = Script.model_validate_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PersonaError("not found", file=path, fix="check the path given to --script") from None
+    except UnicodeDecodeError:
+        raise PersonaError("is not UTF-8 text", file=path, fix="save the script as UTF-8 JSON") from None
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise PersonaError(f"invalid script at {where}: {first['msg']}", file=path,
-                           fix="fix that field (scenes need narration, image_prompt, motion_prompt, on_camera)") from None
+        raise PersonaError(f"invalid script at {where}: {first['msg'].removeprefix('Value error, ')}", file=path,
+                           fix=f"fix that field; {SCRIPT_SHAPE}") from None
+    if len(script.scenes) > max_scenes:
+        raise PersonaError(f"the script has {len(script.scenes)} scenes (limit {max_scenes})", file=path,
+                           fix="cut scenes, or raise script.max_scenes (up to 16) in a render recipe")
+    return script
+
+
+SCRIPT_SHAPE = ('a script is {"title": "...", "scenes": [{"narration": "...", "image_prompt": "...", '
+                '"motion_prompt": "...", "on_camera": true}, ...]}')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -117,20 +186,47 @@ class Backend(Protocol):
     def complete(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> str: ...
 
 
+# A dropped connection (a server restarting, a proxy timing out, Ollama swapping models) is worth
+# a few retries; a refused one means no server is running, and that is said at once.
+RETRIES = 3
+BACKOFF_SECONDS = 2.0  # doubled after each try: 2, 4, 8 s
+RETRY_HTTP = (429, 502, 503, 504)
+
+
+def _dropped(e: BaseException) -> bool:
+    reason = getattr(e, "reason", None) if isinstance(e, urllib.error.URLError) else e
+    if isinstance(e, urllib.error.HTTPError):
+        return e.code in RETRY_HTTP
+    return isinstance(reason, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError,
+                               http.client.RemoteDisconnected, http.client.IncompleteRead))
+
+
 def _post_json(url: str, body: dict[str, Any], headers: dict[str, str] | None = None, timeout: float = 600) -> Any:
     data = json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read().decode())
-    except urllib.error.HTTPError as e:
+    for attempt in range(RETRIES + 1):
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return json.loads(resp.read().decode())
+        except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as e:
+            if not _dropped(e):
+                _raise_unreachable(url, e)
+            if attempt == RETRIES:
+                raise PersonaError(f"the LLM server at {url} dropped the connection {RETRIES + 1} times ({e})",
+                                   fix="check the server's log, then render again (finished work is kept)") from None
+            delay = BACKOFF_SECONDS * 2**attempt
+            warn(f"the LLM server at {url} dropped the connection ({e.__class__.__name__}); retrying in {delay:g} s")
+            time.sleep(delay)
+
+
+def _raise_unreachable(url: str, e: BaseException) -> None:
+    if isinstance(e, urllib.error.HTTPError):
         detail = e.read().decode(errors="replace")[:300]
         raise PersonaError(f"the LLM server at {url} answered HTTP {e.code}: {detail}",
                            fix="check the model name and that the server supports JSON-schema output") from None
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-        reason = getattr(e, "reason", e)
-        raise PersonaError(f"cannot reach the LLM server at {url} ({reason})",
-                           fix="start it (e.g. `ollama serve`), fix --llm-url, or pass --script script.json") from None
+    reason = getattr(e, "reason", e)
+    raise PersonaError(f"cannot reach the LLM server at {url} ({reason})",
+                       fix="start it (e.g. `ollama serve`), fix --llm-url, or pass --script script.json") from None
 
 
 class OllamaBackend:
@@ -266,8 +362,8 @@ def write_script(backend: Backend, messages: list[dict[str, str]], s: ScriptSett
         raw = backend.complete(messages, schema)
         try:
             script = Script.model_validate_json(raw)
-            if len(script.scenes) < s.min_scenes:
-                raise ValueError(f"the script has {len(script.scenes)} scenes; write at least {s.min_scenes}")
+            if not s.min_scenes <= len(script.scenes) <= s.max_scenes:
+                raise ValueError(f"the script has {len(script.scenes)} scenes; write {s.min_scenes} to {s.max_scenes}")
             return script, attempt
         except (ValidationError, ValueError) as e:
             error = str(e)

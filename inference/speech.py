@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,55 @@ import numpy as np
 
 from persona.device import default_device, free_memory
 from persona.errors import PersonaError
-from persona.models import f5_arch, f5_base_files, locate
+from persona.models import f5_arch, f5_base_files, load_weights, locate
 
 SAMPLE_RATE = 24000
+
+# The classes a Vocos config.yaml may name (charactr/vocos-mel-24khz's). vocos' own `from_hparams`
+# imports whatever `class_path` says, so a config from a pack could name `os.system`; persona builds
+# these three itself from the config's numbers instead.
+VOCOS_PARTS = {
+    "feature_extractor": ("vocos.feature_extractors", "MelSpectrogramFeatures"),
+    "backbone": ("vocos.models", "VocosBackbone"),
+    "head": ("vocos.heads", "ISTFTHead"),
+}
+
+
+def load_vocos(folder: Path, device: str = "cpu") -> Any:
+    """The Vocos vocoder in `folder` (config.yaml + pytorch_model.bin, as charactr/vocos-mel-24khz),
+    built without importing anything the config names and loaded with weights_only."""
+    import importlib
+
+    import yaml
+    from vocos import Vocos
+
+    config_file = Path(folder) / "config.yaml"
+    try:
+        config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise PersonaError(f"is not a Vocos config ({e.__class__.__name__})", file=config_file,
+                           fix="use charactr/vocos-mel-24khz's config.yaml") from None
+    parts = {}
+    for part, (module, name) in VOCOS_PARTS.items():
+        entry = config.get(part) if isinstance(config, dict) else None
+        named = entry.get("class_path") if isinstance(entry, dict) else None
+        args = entry.get("init_args", {}) if isinstance(entry, dict) else None
+        if named != f"{module}.{name}" or not isinstance(args, dict) \
+                or not all(isinstance(v, (int, float, bool, str, type(None))) for v in args.values()):
+            raise PersonaError(f"refused: {part} must be {module}.{name} with plain numbers, not {named!r}",
+                               file=config_file, fix="use charactr/vocos-mel-24khz's config.yaml (a mel Vocos)")
+        try:
+            parts[part] = getattr(importlib.import_module(module), name)(**args)
+        except TypeError as e:
+            raise PersonaError(f"{part}: {e}", file=config_file, fix="use charactr/vocos-mel-24khz's config.yaml") from None
+    vocoder = Vocos(**parts)
+    weights = Path(folder) / "pytorch_model.bin"
+    try:
+        vocoder.load_state_dict(load_weights(weights))
+    except RuntimeError as e:
+        raise PersonaError(f"does not match its config.yaml ({str(e).splitlines()[0][:160]})", file=weights,
+                           fix="use the config.yaml that came with these weights") from None
+    return vocoder.eval().to(device)
 
 
 def reference_text_for_f5(text: str) -> str:
@@ -93,7 +140,7 @@ class Voice:
     """A loaded voice. Load once, say many things, then `close()` to free the device."""
 
     def __init__(self, files_: VoiceFiles, device: str | None = None):
-        from f5_tts.infer.utils_infer import load_model, load_vocoder
+        from f5_tts.infer.utils_infer import load_model
         from f5_tts.model import DiT
 
         self.files = files_
@@ -103,12 +150,15 @@ class Voice:
             try:
                 self.model = load_model(DiT, f5_arch(files_.checkpoint), str(files_.checkpoint),
                                         vocab_file=str(files_.vocab), device=self.device)
+            except pickle.UnpicklingError:  # f5-tts loads .pt with weights_only=True; its advice is unsafe
+                raise PersonaError("refused: not a plain weights file (it holds pickled objects)",
+                                   file=files_.checkpoint, fix="use a .safetensors checkpoint") from None
             except RuntimeError as e:
                 if "size mismatch" in str(e):
                     raise PersonaError(f"the checkpoint does not match its vocab ({vocab_size} tokens)",
                                        file=files_.checkpoint, fix="export the voice again with `persona train-voice`") from None
                 raise
-            self.vocoder = load_vocoder("vocos", is_local=True, local_path=str(files_.vocoder), device=self.device)
+            self.vocoder = load_vocos(files_.vocoder, self.device)
         self.ref_text = reference_text_for_f5(files_.reference_text)
 
     @classmethod

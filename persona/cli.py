@@ -69,9 +69,12 @@ class LifecycleOrder(click.Group):
 @click.option("-w", "--workspace", type=click.Path(file_okay=False, path_type=Path),
               help="Workspace folder (default: the nearest folder upwards holding persona.toml).")
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.option("--trust-pack", is_flag=True,
+              help="Let this workspace's persona.toml name code-bearing models (FILM TorchScript, LatentSync and "
+                   "sd-scripts checkouts). Only for packs you made or whose maker you trust.")
 @click.version_option(__version__, prog_name="persona")
 @click.pass_context
-def cli(ctx: click.Context, workspace: Path | None, debug: bool) -> None:
+def cli(ctx: click.Context, workspace: Path | None, debug: bool, trust_pack: bool) -> None:
     """Build a digital likeness of one consenting person and make short explainer videos with it.
 
     \b
@@ -80,6 +83,10 @@ def cli(ctx: click.Context, workspace: Path | None, debug: bool) -> None:
       persona doctor                      what this machine has and what is missing
       persona demo --keep /tmp/demo       run everything on tiny offline models
     """
+    if trust_pack:
+        from persona.models import TRUST_ENV
+
+        os.environ[TRUST_ENV] = "1"  # the environment, so that processes persona starts trust it too
     ctx.obj = Ctx(workspace, debug)
 
 
@@ -406,6 +413,16 @@ def render(ctx: Ctx, topic: Path | None, script_file: Path | None, name: str | N
     are redone, and a killed render resumes where it stopped.
     final.mp4 carries signed Content Credentials (C2PA) saying it is AI-generated: check them with
     `persona verify`.
+
+    \b
+    script.json (--script FILE, or the LLM's):
+      {"title": "How computers see",
+       "scenes": [{"narration": "Dr. Lee counts 3.5 million pixels. Each is a number!",
+                   "image_prompt": "the presenter in a lab", "motion_prompt": "slow push-in",
+                   "on_camera": true}, ...]}
+      up to 8 scenes (script.max_scenes); narration is 1-3 sentences, each ending in . ! or ?
+      and at most 240 characters: letters, digits, spaces and , ; : ' ’ ( ) % & / - (no double
+      quotes), with a . only in decimals (3.5) and abbreviations (Dr., Mr., e.g.).
 
     \b
     Examples:

@@ -9,6 +9,7 @@ as the speech. Each step prints its result and time; the workspace is left under
 from __future__ import annotations
 
 import datetime as dt
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import numpy as np
 
 from rich.markup import escape
 
+from persona.models import TRUST_ENV
 from persona.progress import console, quiet_libraries
 from persona.samples import SPEECH_TEXT, other_person, portrait, speech_wav
 
@@ -273,6 +275,10 @@ def run_demo(keep: Path | None = None) -> dict[str, Any]:
     timings: dict[str, float] = {}
     steps: dict[str, str] = {}
     t_all = time.perf_counter()
+    # The demo's pack names the tiny FILM TorchScript it just built itself, so it trusts its own pack
+    # (a kept demo workspace rendered again later needs `persona --trust-pack`, as any pack would).
+    trusted = os.environ.get(TRUST_ENV)
+    os.environ[TRUST_ENV] = "1"
     try:
         for name, fn in STEPS:
             t0 = time.perf_counter()
@@ -287,5 +293,9 @@ def run_demo(keep: Path | None = None) -> dict[str, Any]:
                 "total_seconds": total, "workspace": str(d.workspace.root) if d.workspace and keep else None,
                 **{k: v for k, v in d.results.items()}}
     finally:
+        if trusted is None:
+            os.environ.pop(TRUST_ENV, None)
+        else:
+            os.environ[TRUST_ENV] = trusted
         if tmp is not None:
             tmp.cleanup()

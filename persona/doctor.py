@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from persona.models import REGISTRY, find
+from persona.models import REGISTRY, CodeRefused, Located, find
 
 # Models that ship inside installed wheels: (name, package, file inside the package, stages)
 BUNDLED = [
@@ -83,7 +83,10 @@ def diagnose(workspace: Any | None = None, comfyui: list[dict[str, Any]] | None 
 
     models = []
     for m in REGISTRY.values():
-        found = find(m.key, models=models_table)
+        try:
+            found = find(m.key, models=models_table)
+        except CodeRefused as e:  # a pack's code-bearing entry, refused: shown, not fatal
+            found = Located(m.key, Path(models_table[m.key]), "[models]", problems=[str(e)])
         ok = found is not None and not found.problems
         models.append({
             "key": m.key, "title": m.title, "stages": list(m.stages), "licence": m.licence, "found": ok,

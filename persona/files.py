@@ -123,6 +123,22 @@ def read_json(path: str | Path, default: Any = None) -> Any:
         return default
 
 
+def read_json_strict(path: str | Path, fix: str) -> Any:
+    """A JSON file whose loss is not harmless (a dataset's manifest): missing or unreadable is an
+    error naming the file, never an empty default that lets a run report success on nothing."""
+    from persona.errors import PersonaError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PersonaError("is missing", file=path, fix=fix) from None
+    except json.JSONDecodeError as e:
+        raise PersonaError(f"is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})", file=path, fix=fix) from None
+    except UnicodeDecodeError:
+        raise PersonaError("is not UTF-8 text", file=path, fix=fix) from None
+
+
 def hash_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:

@@ -95,19 +95,24 @@ def read_audio(path: str | Path, sr: int = 16000, start: float = 0.0, end: float
             c.seek(int(start / stream.time_base), stream=stream)
         chunks: list[np.ndarray] = []
         first_time: float | None = None
+        decoded_to = start  # seconds in the file up to which the audio decoded
         try:
             for frame in c.decode(stream):
                 if first_time is None:
                     first_time = float(frame.time) if frame.time is not None else 0.0
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray().reshape(-1))
+                if frame.time is not None and frame.sample_rate:
+                    decoded_to = float(frame.time) + frame.samples / frame.sample_rate
                 if end is not None and frame.time is not None and frame.time > end + 1:
                     break
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().reshape(-1))
         except av.error.FFmpegError as e:
-            if not chunks:
-                raise PersonaError(f"audio cannot be decoded ({e})", file=path, fix="re-export the file") from None
+            # Returning what decoded so far would cut clips and narration short without a word.
+            where = f"after {decoded_to:.2f} s" if chunks else "at its start"
+            raise PersonaError(f"audio cannot be decoded {where} ({e.__class__.__name__}): the file is damaged",
+                               file=path, fix="re-export or re-download it (e.g. as wav), or leave it out") from None
     audio = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
     offset = int(round(((start - (first_time or 0.0)) if start > 0 else 0.0) * sr))
     audio = audio[max(offset, 0):]

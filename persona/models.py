@@ -1,16 +1,27 @@
 """Every model the toolkit uses, and where to find it on this machine. Nothing is ever downloaded.
 
-Resolution order for a model key: an explicit path (a CLI flag, or `[models]` in persona.toml) →
-the environment variable `PERSONA_<KEY>` → the local Hugging Face cache. `persona doctor` prints,
-per stage, what was found and the exact command that fetches what is missing.
+Resolution order for a model key: an explicit path (a CLI flag) → `[models]` in persona.toml → the
+environment variable `PERSONA_<KEY>` → `[models]` in the user's config file
+(`$XDG_CONFIG_HOME/persona/config.toml`, by default `~/.config/persona/config.toml`) → the local
+Hugging Face cache. `persona doctor` prints, per stage, what was found and the exact command that
+fetches what is missing.
+
+Packs are zipped and shared, so persona.toml is someone else's file. Models whose files are code
+(`runs_code`: a TorchScript file, a checkout whose Python is run) are therefore taken from the user's
+own configuration first (a flag, the environment, the user config), and a pack's `[models]` entry for
+one is refused unless the user trusts the pack (`persona --trust-pack`, `PERSONA_TRUST_PACK=1`, or
+`trust_pack = true` in the user config). Everything else a pack can name is data: safetensors,
+`torch.load(weights_only=True)`, configs of numbers.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from persona.errors import PersonaError
 
@@ -32,6 +43,7 @@ class ModelSpec:
     url: str | None = None  # where to get it when it is not on the Hub
     note: str = ""
     size_gb: float = 0.0
+    runs_code: bool = False  # its files are code (TorchScript, a checkout run with its Python): never from a pack
 
     @property
     def env(self) -> str:
@@ -104,6 +116,8 @@ REGISTRY: dict[str, ModelSpec] = {
             repos=("charactr/vocos-mel-24khz",),
             required=("config.yaml", "pytorch_model.bin"),
             size_gb=0.05,
+            # its config.yaml names classes (class_path) that vocos would import; persona builds the
+            # three known classes itself from the config's numbers (inference/speech.py), so it is data
         ),
         ModelSpec(
             "florence2",
@@ -162,6 +176,7 @@ REGISTRY: dict[str, ModelSpec] = {
             url="https://github.com/dajes/frame-interpolation-pytorch/releases/download/v1.0.0/film_net_fp32.pt",
             note="without it, render falls back to ffmpeg minterpolate",
             size_gb=0.14,
+            runs_code=True,  # TorchScript is a program: it can write files (torch.save) when run
         ),
         ModelSpec(
             "upscaler",
@@ -182,6 +197,7 @@ REGISTRY: dict[str, ModelSpec] = {
             url="https://github.com/bytedance/LatentSync",
             required=("scripts/inference.py",),
             note="without it, on-camera scenes keep their unsynced video",
+            runs_code=True,
         ),
         ModelSpec(
             "musetalk",
@@ -224,6 +240,7 @@ REGISTRY: dict[str, ModelSpec] = {
             required=("flux_train_network.py",),
             note="only needed for --backend kohya; it also needs FLUX.1-dev's single files: "
                  "hf download black-forest-labs/FLUX.1-dev ae.safetensors flux1-dev.safetensors",
+            runs_code=True,
         ),
     ]
 }
@@ -233,9 +250,73 @@ REGISTRY: dict[str, ModelSpec] = {
 class Located:
     key: str
     path: Path
-    source: str  # "explicit", "[models]", "env", "hf-cache"
+    source: str  # "explicit", "[models]", "env", "user config", "hf-cache"
     repo: str | None = None
     problems: list[str] = field(default_factory=list)
+
+
+TRUST_ENV = "PERSONA_TRUST_PACK"
+
+
+class CodeRefused(PersonaError):
+    """A pack named a code-bearing model and the user does not trust packs."""
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    """The user's own settings, outside every workspace: `$XDG_CONFIG_HOME/persona/config.toml`.
+
+    ```toml
+    trust_pack = false          # true: honour code-bearing [models] entries of every pack
+    [models]
+    film = "~/models/film_net_fp32.pt"
+    latentsync = "~/src/LatentSync"
+    ```
+    """
+
+    path: Path
+    models: dict[str, str] = field(default_factory=dict)
+    trust_pack: bool = False
+
+
+def user_config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base).expanduser() / "persona" / "config.toml"
+
+
+def user_config() -> UserConfig:
+    """The user config (empty when there is none); relative model paths are relative to its folder."""
+    path = user_config_path()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return UserConfig(path)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise PersonaError(f"is not valid TOML ({e})", file=path, fix="fix the syntax at that line") from None
+    models, trust = data.get("models", {}), data.get("trust_pack", False)
+    extra = set(data) - {"models", "trust_pack"}
+    if not isinstance(models, dict) or not all(isinstance(v, str) for v in models.values()) \
+            or not isinstance(trust, bool) or extra:
+        raise PersonaError("holds something other than trust_pack = true/false and a [models] table of paths",
+                           file=path, fix='write e.g. trust_pack = false and [models] film = "/models/film_net_fp32.pt"')
+    unknown = sorted(set(models) - set(REGISTRY))
+    if unknown:
+        raise PersonaError(f"[models] has unknown keys: {', '.join(unknown)}", file=path,
+                           fix=f"use keys from: {', '.join(REGISTRY)}")
+    return UserConfig(path, {k: str(path.parent / Path(v).expanduser()) for k, v in models.items()}, trust)
+
+
+def pack_trusted() -> bool:
+    """Whether the user lets packs name code-bearing models (--trust-pack sets PERSONA_TRUST_PACK)."""
+    return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes") or user_config().trust_pack
+
+
+def _refusal(m: ModelSpec, raw: str) -> CodeRefused:
+    what = {"file": "a TorchScript file, which is code", "checkout": "a checkout whose Python persona would run"}
+    return CodeRefused(f"refused: persona.toml's [models] {m.key} = {raw!r} is {what.get(m.kind, 'code')}, "
+                       "and a pack must not run code on this machine",
+                       fix=f"set it yourself (${m.env}, or [models] in {user_config_path()}), or run "
+                           "`persona --trust-pack ...` if you trust whoever made this pack")
 
 
 def f5_base_arch() -> dict:
@@ -271,11 +352,57 @@ def f5_base_files(models: dict[str, str] | None = None, explicit: str | Path | N
 
 def f5_arch(checkpoint: Path) -> dict:
     """The DiT settings of an F5-TTS checkpoint: `model_config.json` beside it when there is one
-    (smaller variants, the tiny test models), else F5TTS_v1_Base's."""
+    (smaller variants, the tiny test models), else F5TTS_v1_Base's.
+
+    The sidecar may come with a pack, so it is checked to hold only DiT's own keyword settings as
+    plain numbers, flags and words: it must not be able to name anything to import."""
+    import inspect
     import json
 
     sidecar = Path(checkpoint).parent / "model_config.json"
-    return json.loads(sidecar.read_text())["arch"] if sidecar.exists() else f5_base_arch()
+    if not sidecar.exists():
+        return f5_base_arch()
+    from f5_tts.model import DiT
+
+    try:
+        arch = json.loads(sidecar.read_text(encoding="utf-8"))["arch"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise PersonaError("is not an F5-TTS model config (JSON with an \"arch\" table)", file=sidecar,
+                           fix="export the voice again with `persona train-voice`, or delete the file for v1 Base") from None
+    allowed = set(inspect.signature(DiT.__init__).parameters) - {"self", "text_num_embeds", "mel_dim"}
+    bad = [k for k, v in arch.items() if k not in allowed or not isinstance(v, (int, float, bool, str, type(None)))] \
+        if isinstance(arch, dict) else ["arch"]
+    if bad:
+        raise PersonaError(f"\"arch\" has settings DiT does not take as plain values: {', '.join(map(str, bad))}",
+                           file=sidecar, fix=f"keep only {', '.join(sorted(allowed))}")
+    return arch
+
+
+def load_weights(path: str | Path, map_location: str = "cpu") -> Any:
+    """torch.load(weights_only=True), refusing anything else in one line.
+
+    torch's own message advises retrying with weights_only=False, which would let the file run code;
+    that advice must not reach a user holding a file from someone else."""
+    import pickle
+    import warnings
+
+    import torch
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # torch asks users to file issues about pickle protocols
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise PersonaError("not found", file=path, fix="check the path") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError, TypeError) as e:
+        text = str(e)
+        detail = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+        reason = detail.group(1) if detail else (text.strip().splitlines() or [e.__class__.__name__])[0]
+        if "weights_only" in reason:
+            reason = e.__class__.__name__
+        raise PersonaError(f"refused: not a plain weights file ({reason[:160]})", file=path,
+                           fix="use a .safetensors file, or a checkpoint saved with tensors only") from None
 
 
 SMALL_FILE = 64 << 20  # configs, tokenizers, small weights: hashed; larger shards: named and sized
@@ -329,15 +456,23 @@ def _from_hf_cache(m: ModelSpec) -> Located | None:
 
 
 def find(key: str, explicit: str | Path | None = None, models: dict[str, str] | None = None) -> Located | None:
-    """Where `key` is on this machine, or None. `models` is the workspace's [models] table."""
+    """Where `key` is on this machine, or None. `models` is the workspace's [models] table (someone
+    else's, when the pack came from elsewhere): a code-bearing entry there is refused with a
+    PersonaError unless the user trusts packs, and the user's own configuration wins over it."""
     m = spec(key)
-    candidates: list[tuple[str, str]] = []
-    if explicit:
-        candidates.append(("explicit", str(explicit)))
-    if models and models.get(key):
-        candidates.append(("[models]", models[key]))
+    own = user_config()
+    pack_entry = [("[models]", models[key])] if models and models.get(key) else []
+    candidates: list[tuple[str, str]] = [("explicit", str(explicit))] if explicit else []
+    if not m.runs_code:
+        candidates += pack_entry
     if os.environ.get(m.env):
         candidates.append(("env", os.environ[m.env]))
+    if own.models.get(key):
+        candidates.append(("user config", own.models[key]))
+    if m.runs_code and pack_entry and not candidates:
+        if not pack_trusted():
+            raise _refusal(m, pack_entry[0][1])
+        candidates += pack_entry
     for source, raw in candidates:
         path = Path(raw).expanduser()
         if not path.exists():
@@ -367,6 +502,7 @@ def locate_entry(key: str, explicit: str | Path | None = None, models: dict[str,
             fix="point it at a complete copy; `persona doctor` shows what is expected",
         )
     raise PersonaError(
-        f"{m.title} not found (looked at [models].{key} in persona.toml, ${m.env}, and the Hugging Face cache)",
+        f"{m.title} not found (looked at [models].{key} in persona.toml, ${m.env}, {user_config_path()}, "
+        "and the Hugging Face cache)",
         fix=f"{m.fetch_command()}; `persona doctor` lists every model",
     )

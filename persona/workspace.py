@@ -64,10 +64,12 @@ class Datasets(_Section):
 class LoraSection(_Section):
     path: str
     base: str = "black-forest-labs/FLUX.1-dev"
-    strength: float = 1.0
-    rank: int | None = None
-    alpha: float | None = None
-    steps: int | None = None
+    # 0 turns the likeness off and 1 is the strength it was trained at; past ~1.5 FLUX LoRAs burn the
+    # image, and negative values push away from the person, which no explainer video wants.
+    strength: float = Field(1.0, ge=0.0, le=2.0)
+    rank: int | None = Field(None, ge=1, le=1024)  # LoRA ranks are powers of two up to a few hundred
+    alpha: float | None = Field(None, gt=0)  # alpha / rank scales the update: zero or negative is no LoRA
+    steps: int | None = Field(None, ge=1)
     backend: str | None = None
 
 
@@ -134,7 +136,50 @@ _FIXES = {
     "string_type": "give it a quoted string value",
     "float_parsing": "give it a number",
     "int_parsing": "give it a whole number",
+    "greater_than_equal": "give it a value in range",
+    "less_than_equal": "give it a value in range",
+    "greater_than": "give it a value in range",
 }
+
+# Every file and folder the pack names, and what it must be: the pack is someone else's file, so
+# its paths must stay inside the workspace and be the kind of file the stage that reads it expects.
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".ogg")
+PACK_PATHS: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
+    ("datasets", "images"): ("folder", ()),
+    ("datasets", "voice"): ("folder", ()),
+    ("lora", "path"): ("file", (".safetensors",)),
+    ("voice", "checkpoint"): ("file", (".safetensors", ".pt")),
+    ("voice", "vocab"): ("file", (".txt",)),
+    ("voice", "reference_audio"): ("file", AUDIO_SUFFIXES),
+}
+
+
+def check_pack_paths(pack: "Pack", root: Path, manifest: Path) -> None:
+    """Refuse a path the pack names that leaves the workspace (`..`, an absolute path, a link out)
+    or that is the wrong kind of file. Missing files are the stages' to report: a pack being built
+    names some before they exist."""
+    from persona.models import REGISTRY
+
+    for (section, key), (kind, suffixes) in PACK_PATHS.items():
+        table = getattr(pack, section)
+        raw = getattr(table, key) if table is not None else None
+        if raw is None:
+            continue
+        field = f"[{section}] {key}"
+        path = (root / Path(raw).expanduser()).resolve()
+        if not path.is_relative_to(root):
+            raise PersonaError(f"field {field} = {raw!r} points outside the workspace", file=manifest,
+                               fix="keep the pack's files inside the workspace, as paths relative to persona.toml")
+        if suffixes and path.suffix.lower() not in suffixes:
+            raise PersonaError(f"field {field} = {raw!r} must be a {' or '.join(suffixes)} file", file=manifest,
+                               fix="point it at the file the stage that writes it made")
+        if path.exists() and (path.is_dir() if kind == "file" else not path.is_dir()):
+            raise PersonaError(f"field {field} = {raw!r} must be a {kind}", file=manifest,
+                               fix="point it at the file the stage that writes it made")
+    unknown = sorted(set(pack.models) - set(REGISTRY))
+    if unknown:
+        raise PersonaError(f"[models] has unknown keys: {', '.join(unknown)}", file=manifest,
+                           fix=f"use keys from: {', '.join(REGISTRY)}")
 
 
 def _validation_error(err: ValidationError, file: Path) -> PersonaError:
@@ -202,6 +247,9 @@ class Workspace:
             text = self.manifest_path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise PersonaError("not found", file=self.manifest_path, fix='run `persona init "NAME"`') from None
+        except UnicodeDecodeError as e:
+            raise PersonaError(f"is not UTF-8 text (byte {e.start} cannot be read)", file=self.manifest_path,
+                               fix="restore persona.toml from a copy; it is TOML text, saved as UTF-8") from None
         try:
             tomllib.loads(text)  # tomllib's messages carry line and column
             return tomlkit.parse(text)
@@ -209,11 +257,18 @@ class Workspace:
             raise PersonaError(f"is not valid TOML ({e})", file=self.manifest_path, fix="fix the syntax at that line") from None
 
     def _load(self) -> Pack:
-        data = self._read_document().unwrap()
+        return self._validate(self._read_document().unwrap())
+
+    def _validate(self, data: dict[str, Any]) -> Pack:
+        """The pack, validated, with its paths checked and [models] paths made absolute: a relative
+        one is relative to the workspace (so -w, subfolders and unzipped packs work), never the cwd."""
         try:
-            return Pack.model_validate(data)
+            pack = Pack.model_validate(data)
         except ValidationError as e:
             raise _validation_error(e, self.manifest_path) from None
+        check_pack_paths(pack, self.root, self.manifest_path)
+        pack.models = {k: str(self.root / Path(v).expanduser()) for k, v in pack.models.items()}
+        return pack
 
     def update(self, section: str, values: dict[str, Any] | str | None, replace: bool = False) -> Pack:
         """Set a top-level key, or keys of a [section] of persona.toml, keeping comments.
@@ -241,10 +296,7 @@ class Workspace:
                     table[k] = v
         else:
             doc[section] = values
-        try:
-            pack = Pack.model_validate(doc.unwrap())
-        except ValidationError as e:
-            raise _validation_error(e, self.manifest_path) from None
+        pack = self._validate(doc.unwrap())
         write_text(self.manifest_path, tomlkit.dumps(doc))
         self.pack = pack
         return pack

@@ -204,12 +204,12 @@ SCRIPT = {"title": "t", "scenes": [
     {"narration": "A grid of numbers.", "image_prompt": "a pixel grid", "motion_prompt": "pan", "on_camera": False}]}
 
 
-def test_render_with_lipsync_interpolation_and_upscaling(pack, checkout, tmp_path):
+def test_render_with_lipsync_interpolation_and_upscaling(pack, checkout, tmp_path, own_config):
     """Lip sync before interpolation and upscaling; sound and picture stay within a frame of each other."""
     from persona.files import read_json
     from persona.inference.render import render
 
-    pack.update("models", {"latentsync": str(checkout)})
+    own_config(models={"latentsync": checkout})  # a checkout is code: the user's own config names it
     script = tmp_path / "s.json"
     script.write_text(json.dumps(SCRIPT))
     s = render(pack, None, script_file=script, profile="demo",

@@ -91,8 +91,10 @@ def test_real_footage_selects_only_the_target(three_people, make_workspace):
     assert Path(kohya["datasets"][0]["subsets"][0]["image_dir"]) == root
     assert kohya["general"]["caption_extension"] == ".txt"
     assert set(summary["framing"]) == {"close-up", "head-and-shoulders", "half-body"}
-    with Image.open(root / "review" / "contact_sheet.png") as sheet:
+    with Image.open(ws.path("datasets/images-review/contact_sheet.png")) as sheet:  # outside the imagefolder
         assert sheet.width >= 256
+    assert summary["contact_sheet"] == "datasets/images-review/contact_sheet.png"
+    assert len(list(root.rglob("*.png"))) == len(manifest)  # every image in the folder is a sample
     report = json.loads((root / "report.json").read_text())
     assert report["rejected"][select.OTHER] > 0 and report["rejected"][select.DUPLICATE] > 0
     assert not list(root.parent.glob(".images*"))  # no staging folder left behind
@@ -333,3 +335,19 @@ def test_required_florence_missing_fails_before_any_work(demo_footage, make_work
     with pytest.raises(PersonaError, match="florence2"):
         ingest_images(ws, [Path(demo_footage["files"]["lecture"])], [], ImageSettings(captions="florence2"))
     assert not ws.path("cache").exists() and not ws.path("datasets/images").exists()
+
+
+def test_contact_sheet_outside_the_dataset_and_a_corrupt_manifest_is_an_error(bad_media, make_workspace):
+    folder = bad_media["folder"]
+    ws = make_workspace("Demo Astronaut", models=False)
+    stills = [folder / "astronaut.png", folder / "hopper.png"]
+    settings = ImageSettings(count=2, min_face=80, max_upscale=8.0)
+    summary = ingest_images(ws, [], stills, settings, faces=[folder / "astronaut.png"])
+    root = _dataset(ws)
+    assert ws.path(summary["contact_sheet"]).is_file() and not ws.path(summary["contact_sheet"]).is_relative_to(root)
+    assert sorted(p.name for p in root.rglob("*.png")) == [e["file"] for e in json.loads((root / "manifest.json").read_text())]
+    (root / "manifest.json").write_text('[{"file": "0001.png", "cap')  # cut short
+    with pytest.raises(PersonaError) as e:
+        ingest_images(ws, [], stills, settings, faces=[folder / "astronaut.png"])
+    line = str(e.value)
+    assert line.startswith(f"{root / 'manifest.json'}: is not valid JSON") and "ingest again" in line

@@ -22,7 +22,7 @@ from test_train_lora import write_dataset
 
 
 @pytest.fixture
-def kohya_ws(make_workspace, tiny_models, tmp_path):
+def kohya_ws(make_workspace, tiny_models, tmp_path, own_config):
     """A workspace with an image dataset, a folder standing for the sd-scripts checkout, and a FLUX.1
     folder that also has BFL's single files (empty here: nothing loads them in this test)."""
     ws = make_workspace()
@@ -35,8 +35,16 @@ def kohya_ws(make_workspace, tiny_models, tmp_path):
     shutil.copytree(tiny_models["flux"], flux)
     (flux / "ae.safetensors").write_bytes(b"")
     (flux / "flux1-dev.safetensors").write_bytes(b"")
-    ws.update("models", {"sd-scripts": str(repo), "flux": str(flux)})
+    ws.update("models", {"flux": str(flux)})
+    own_config(models={"sd-scripts": repo})  # a checkout is code: the user's own config names it
     return ws
+
+
+def sd_scripts(ws) -> Path:
+    return ws.root.parent / "sd-scripts"  # the kohya_ws fixture's stand-in checkout
+
+
+KOHYA_BUCKETS = {"bucket_step": 64, "resolutions": [64, 128]}  # tiny-cpu's 32-pixel buckets are native-only
 
 
 def prepared(ws, recipe: str, resume=None, **overrides):
@@ -87,7 +95,7 @@ def test_dataset_and_arguments_follow_the_recipe(kohya_ws):
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
     assert cmd[-3:] == ["flux_train_network.py", "--config_file", str(job["args_toml"])]
     assert cmd[cmd.index("--mixed_precision") + 1] == "bf16"
-    assert job["repo"] == Path(kohya_ws.pack.models["sd-scripts"])
+    assert job["repo"] == Path(sd_scripts(kohya_ws))
 
 
 def test_small_recipes_swap_blocks_and_adafactor_gets_kohya_args(kohya_ws):
@@ -197,13 +205,13 @@ def test_a_kohya_run_lands_in_the_pack(kohya_ws):
     from persona.train.lora import train_lora
     from persona.workspace import Workspace
 
-    Path(kohya_ws.pack.models["sd-scripts"], "flux_train_network.py").write_text(STAND_IN)
-    s = resolve_settings(LoraSettings, "lora", "tiny-cpu", {"steps": 3, "kohya_args": {"fail": True}})
+    Path(sd_scripts(kohya_ws), "flux_train_network.py").write_text(STAND_IN)
+    s = resolve_settings(LoraSettings, "lora", "tiny-cpu", {"steps": 3, "kohya_args": {"fail": True}, **KOHYA_BUCKETS})
     with pytest.raises(PersonaError, match="sd-scripts failed \\(exit 1\\): torch.OutOfMemoryError") as e:
         train_lora(kohya_ws, s, backend="kohya")
     assert e.value.file.name == "last-output.txt" and "CUDA out of memory" in e.value.file.read_text()
 
-    s = resolve_settings(LoraSettings, "lora", "tiny-cpu", {"steps": 3})
+    s = resolve_settings(LoraSettings, "lora", "tiny-cpu", {"steps": 3, **KOHYA_BUCKETS})
     summary = train_lora(kohya_ws, s, backend="kohya")
     assert summary["backend"] == "kohya" and summary["final_loss"] == pytest.approx(0.4)
     with safe_open(summary["lora"], "pt") as f:
@@ -212,3 +220,37 @@ def test_a_kohya_run_lands_in_the_pack(kohya_ws):
     assert meta["ss_network_dim"] == "4" and meta["persona.backend"] == "kohya" and meta["persona.steps"] == "3"
     pack = Workspace(kohya_ws.root).pack
     assert pack.lora.backend == "kohya" and pack.lora.path == f"lora/{Path(summary['lora']).name}"
+
+
+def test_a_packs_sd_scripts_python_runs_nothing(kohya_ws, tmp_path, monkeypatch):
+    from persona.models import CodeRefused, user_config_path
+    from persona.train.lora import train_lora
+
+    monkeypatch.delenv("PERSONA_SD_SCRIPTS_PYTHON", raising=False)
+    user_config_path().unlink()  # nothing of the user's own: only the pack names a checkout
+    repo = kohya_ws.root / "sd-scripts"
+    (repo / "venv" / "bin").mkdir(parents=True)
+    (repo / "flux_train_network.py").write_text("")
+    marker = tmp_path / "python-ran"
+    python = repo / "venv" / "bin" / "python"
+    python.write_text(f"#!/bin/sh\necho ran > '{marker}'\nexit 1\n")
+    python.chmod(0o755)
+    kohya_ws.update("models", {"sd-scripts": "sd-scripts"})
+    s = resolve_settings(LoraSettings, "lora", "tiny-cpu", {"steps": 3, **KOHYA_BUCKETS})
+    with pytest.raises(CodeRefused, match="sd-scripts = '.*sd-scripts' is a checkout whose Python persona would run"):
+        train_lora(kohya_ws, s, backend="kohya")
+    assert not marker.exists()
+    monkeypatch.setenv("PERSONA_TRUST_PACK", "1")  # --trust-pack
+    with pytest.raises(PersonaError, match="sd-scripts failed"):
+        train_lora(kohya_ws, s, backend="kohya")
+    assert marker.exists()
+
+
+def test_bucket_step_must_suit_kohya(kohya_ws):
+    from persona.train.lora import train_lora
+
+    s = resolve_settings(LoraSettings, "lora", "tiny-cpu", {"steps": 3, "bucket_step": 32})
+    with pytest.raises(PersonaError, match="bucket_step 32 is not a multiple of 64") as e:
+        train_lora(kohya_ws, s, backend="kohya")
+    assert "--backend native" in str(e.value)
+    assert not (kohya_ws.root / "cache" / "lora").exists() and not (kohya_ws.root / "runs").exists()  # nothing done

@@ -56,3 +56,20 @@ def test_opening_media_switches_ffmpeg_logging_back_off(tmp_path):
     assert av.logging.get_level() is None
     av.logging.set_level(av.logging.ERROR)
     assert probe(path).has_video and av.logging.get_level() is None
+
+
+def test_audio_damaged_part_way_through_is_reported_with_the_time(tmp_path):
+    sr = 16000
+    tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(6 * sr) / sr)).astype(np.float32)
+    path = write_audio(tmp_path / "talk.flac", tone, sr)
+    assert len(read_audio(path, sr)) == pytest.approx(6 * sr, abs=sr // 50)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 2000] = bytes((b * 7 + 13) % 256 for b in data[middle:middle + 2000])
+    path.write_bytes(bytes(data))
+    with pytest.raises(PersonaError) as e:
+        read_audio(path, sr)
+    line = str(e.value)
+    assert line.startswith(f"{path}: audio cannot be decoded after ") and "damaged" in line and "\n" not in line
+    seconds = float(line.split("after ")[1].split(" s")[0])
+    assert 0.5 < seconds < 5.5  # where the damage is, not the start or the end

@@ -72,10 +72,19 @@ def test_incomplete_folder_is_reported(tmp_path):
         models.locate("flux", explicit=tmp_path / "nowhere")
 
 
-def test_tiny_models_resolve_through_models_table(tiny_models):
+def test_tiny_models_resolve_through_models_table(tiny_models, own_config, monkeypatch):
     table = {k: str(v) for k, v in tiny_models.items()}
     for key in tiny_models:
-        assert models.locate(key, models=table) == tiny_models[key]
+        if models.spec(key).runs_code:  # FILM's TorchScript: refused from a pack, honoured when trusted
+            with pytest.raises(models.CodeRefused, match="--trust-pack"):
+                models.locate(key, models=table)
+            monkeypatch.setenv(models.TRUST_ENV, "1")
+            assert models.locate(key, models=table) == tiny_models[key]
+            monkeypatch.delenv(models.TRUST_ENV)
+            own_config(models={key: tiny_models[key]})
+            assert models.locate_entry(key, models=table).source == "user config"
+        else:
+            assert models.locate(key, models=table) == tiny_models[key]
 
 
 def test_unknown_key():

@@ -171,3 +171,42 @@ def test_until_and_9_16(pack):
     from PIL import Image
 
     assert Image.open(Path(s["render"]) / "scenes/01/keyframe.png").size == (64, 128)
+
+
+def test_a_zipped_pack_unzipped_elsewhere_renders(pack, tiny_models, tmp_path, monkeypatch):
+    """The pack's [models] are relative paths to models inside it; zipped without datasets/, cache/,
+    runs/ and renders/, unzipped in another folder and rendered from a third: they resolve against
+    the workspace, not the current directory."""
+    import shutil
+    import zipfile
+
+    from persona.models import spec
+    from persona.workspace import Workspace
+
+    local = {}
+    for key, path in tiny_models.items():
+        if not spec(key).runs_code:  # FILM stays in the user's own config (test_trust.py)
+            target = pack.root / "models" / key / (path.name if path.is_file() else "")
+            shutil.copytree(path if path.is_dir() else path.parent, pack.root / "models" / key)
+            local[key] = target.relative_to(pack.root).as_posix()
+    pack.update("models", local, replace=True)
+    (pack.root / "cache").mkdir(exist_ok=True)
+    archive = tmp_path / "pack.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in pack.root.rglob("*"):
+            rel = p.relative_to(pack.root)
+            if p.is_file() and rel.parts[0] not in ("datasets", "cache", "runs", "renders"):
+                z.write(p, rel.as_posix())
+    elsewhere = tmp_path / "unzipped" / "their-pack"
+    zipfile.ZipFile(archive).extractall(elsewhere)
+    shutil.rmtree(pack.root)  # nothing may still point at the original
+    (tmp_path / "somewhere-else").mkdir()
+    monkeypatch.chdir(tmp_path / "somewhere-else")
+    ws = Workspace(elsewhere)
+    assert ws.pack.models["flux"] == str(elsewhere.resolve() / "models" / "flux")
+    script = tmp_path / "one.json"
+    script.write_text(json.dumps({"title": "t", "scenes": [
+        {"narration": "Dr. Lee shows 3.5 pixels.", "image_prompt": "the presenter, close-up",
+         "motion_prompt": "slow push-in", "on_camera": True}]}))
+    s = render(ws, None, script_file=script, profile="demo", overrides=FAST)
+    assert Path(s["final"]).is_file() and Path(s["final"]).is_relative_to(elsewhere.resolve())

@@ -1,6 +1,7 @@
 """The script stage against recorded server exchanges, and for real on the tiny local LM."""
 
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -132,3 +133,105 @@ def test_schema_and_sentences():
     assert re.match(NARRATION_PATTERN, "One. Two? Three!") and not re.match(NARRATION_PATTERN, "One. Two. Three. Four.")
     script = Script.model_validate_json((DATA / "three_scenes.json").read_text())
     assert [len(s.sentences()) for s in script.scenes] == [2, 1, 3]
+
+
+def test_narration_rules_are_explained_in_words(tmp_path):
+    from persona.inference.script import Scene, load_script
+
+    bad = tmp_path / "bad.json"
+    scene = {"narration": 'She said "hello".', "image_prompt": "abc", "motion_prompt": "abc", "on_camera": True}
+    bad.write_text(json.dumps({"title": "t", "scenes": [scene]}))
+    with pytest.raises(PersonaError) as e:
+        load_script(bad)
+    line = str(e.value)
+    assert "the character '\"' is not allowed" in line and "1 to 3 sentences" in line and "\n" not in line
+    assert "[A-Za-z" not in line and "pattern" not in line  # no raw regex
+    for text, problem in [("One. Two. Three. Four.", "4 sentences"), ("no full stop", "does not end in"),
+                          ("It costs 3. 5 dollars more. Yes. No.", "4 sentences"),
+                          ("Wait.. what?", "sentence 1 has . ! or ? inside")]:
+        with pytest.raises(ValueError, match=re.escape(problem)):
+            Scene(narration=text, image_prompt="abc", motion_prompt="abc", on_camera=True)
+
+
+def test_abbreviations_and_decimals_are_not_sentence_ends():
+    import re
+
+    from persona.inference.script import Scene
+
+    scene = Scene(narration="Dr. Lee measured 3.5 pixels, e.g. here. Then Mr. Smith agreed! Is it 0.25?",
+                  image_prompt="abc", motion_prompt="abc", on_camera=True)
+    assert scene.sentences() == ["Dr. Lee measured 3.5 pixels, e.g. here.", "Then Mr. Smith agreed!", "Is it 0.25?"]
+    # LLMs are held to the plain form (spelled out), which the validator accepts as well
+    assert re.match(NARRATION_PATTERN, "Doctor Lee measured three and a half pixels. Is it so?")
+    assert not re.match(NARRATION_PATTERN, scene.narration)
+
+
+def test_max_scenes_is_enforced(tmp_path):
+    from persona.inference.script import load_script
+
+    scene = {"narration": "Hello there.", "image_prompt": "abc", "motion_prompt": "abc", "on_camera": True}
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps({"title": "t", "scenes": [scene] * 9}))
+    with pytest.raises(PersonaError, match="9 scenes \\(limit 8\\)"):
+        load_script(path)
+    assert len(load_script(path, ScriptSettings(max_scenes=9)).scenes) == 9
+    reply = {"message": {"role": "assistant", "content": json.dumps({"title": "t", "scenes": [scene] * 3})}}
+    server = Recorded([reply] * 2)
+    try:
+        s = _settings(max_scenes=2, attempts=2)
+        with pytest.raises(PersonaError, match="3 scenes; write 1 to 2"):
+            write_script(OllamaBackend(server.url, "m"), messages_for("p", "t", "Ada", s), s)
+    finally:
+        server.close()
+
+
+class Dropping(Recorded):
+    """Closes the connection without an answer for the first `drops` requests."""
+
+    def __init__(self, replies: list[dict], drops: int):
+        super().__init__(replies)
+        handler = self.server.RequestHandlerClass
+        outer, answer = self, handler.do_POST
+        outer.drops = drops
+
+        def do_post(h):
+            if outer.drops > 0:
+                outer.drops -= 1
+                h.rfile.read(int(h.headers["Content-Length"]))
+                h.close_connection = True
+                return
+            answer(h)
+
+        handler.do_POST = do_post
+
+
+def test_a_dropped_connection_is_retried(monkeypatch):
+    import persona.inference.script as script_module
+
+    monkeypatch.setattr(script_module, "BACKOFF_SECONDS", 0.01)
+    rec = json.loads((DATA / "ollama_chat.json").read_text())
+    server = Dropping([rec["response"]], drops=2)
+    try:
+        s = _settings()
+        script, _ = write_script(OllamaBackend(server.url, "m"), messages_for("p", "t", "Ada", s), s)
+    finally:
+        server.close()
+    assert len(script.scenes) == 2 and len(server.requests) == 1  # two drops, then the answer
+    server = Dropping([], drops=10)
+    try:
+        with pytest.raises(PersonaError, match="dropped the connection 4 times"):
+            write_script(OllamaBackend(server.url, "m"), messages_for("p", "t", "Ada", s), s)
+    finally:
+        server.close()
+    assert server.drops == 10 - 4  # bounded: the first try and 3 retries
+
+
+def test_render_help_states_the_script_schema():
+    from click.testing import CliRunner
+
+    from persona.cli import cli
+
+    text = CliRunner().invoke(cli, ["render", "--help"], terminal_width=100).output
+    for field in ('"title"', '"scenes"', '"narration"', '"image_prompt"', '"motion_prompt"', '"on_camera"'):
+        assert field in text
+    assert "1-3 sentences" in text and "decimals (3.5)" in text and "up to 8 scenes" in text

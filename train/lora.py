@@ -84,7 +84,7 @@ class LoraSettings(BaseModel):
     checkpoint_every: int = Field(250, ge=0, description="0: never")
     keep_checkpoints: int = Field(2, ge=1)
     save_precision: Literal["fp32", "bf16"] = "bf16"
-    strength: float = Field(1.0, description="the default strength recorded in persona.toml")
+    strength: float = Field(1.0, ge=0, le=2, description="the default strength recorded in persona.toml")
     kohya_blocks_to_swap: int = Field(0, ge=0, le=35)
     kohya_t5xxl: str | None = Field(None, description="T5-XXL as one .safetensors file, for --backend kohya")
     kohya_args: dict[str, Any] = Field(default_factory=dict, description="extra sd-scripts options")
@@ -201,6 +201,17 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+KOHYA_BUCKET_MULTIPLE = 64  # sd-scripts rejects FLUX bucket_reso_steps that are not multiples of 64
+
+
+def check_backend(settings: LoraSettings, backend: str) -> None:
+    """Settings one backend cannot take, refused before anything is cached or launched."""
+    if backend == "kohya" and settings.bucket_step % KOHYA_BUCKET_MULTIPLE:
+        raise PersonaError(f"bucket_step {settings.bucket_step} is not a multiple of {KOHYA_BUCKET_MULTIPLE}, "
+                           "which sd-scripts needs (its bucket_reso_steps)",
+                           fix=f"set bucket_step to {KOHYA_BUCKET_MULTIPLE} or 128 in the recipe, or use --backend native")
+
+
 @locked("train-lora")
 def train_lora(ws: Any, settings: LoraSettings, *, recipe: str | None = None, backend: str = "native",
                resume: bool | None = None, force: bool = False,
@@ -214,6 +225,7 @@ def train_lora(ws: Any, settings: LoraSettings, *, recipe: str | None = None, ba
     from persona.train import lora_data as data
 
     ws.require_consent("training")
+    check_backend(settings, backend)
     found = locate_entry("flux", models=ws.pack.models)
     base = found.path
     vram, gpu = gpu_memory()

@@ -35,6 +35,7 @@ import torch
 
 from persona.errors import PersonaError
 from persona.files import atomic_path, hash_json, staged_dir, write_json
+from persona.models import load_weights
 from persona.progress import info, meter, warn
 from persona.train import lora_data as data
 from persona.train.lora import TARGET_MODULES, LoraSettings, sample_rows
@@ -367,8 +368,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int) -> tuple
     if getattr(result, "unexpected_keys", None):
         raise PersonaError(f"checkpoint does not match the model ({len(result.unexpected_keys)} unexpected keys)",
                            file=path, fix="start over with --restart")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-    state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(load_weights(path / "optimizer.pt"))
+    state = load_weights(path / "trainer.pt")
     scheduler.load_state_dict(state["scheduler"])
     rng = state["rng"]
     if rank < len(rng):

@@ -56,21 +56,12 @@ def find_base(models: dict[str, str], explicit: str | Path | None = None) -> Bas
 def read_weights(path: Path) -> dict[str, Any]:
     """A checkpoint's (EMA) weights without the `ema_model.` prefix. Only safetensors or
     torch.load(weights_only=True): a checkpoint file cannot run code."""
-    import pickle
-
-    import torch
-
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         state = load_file(str(path))
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-            raise PersonaError(f"refused: not a plain weights file ({first[:160]})", file=path,
-                               fix="use a .safetensors checkpoint, or one saved with tensors only") from None
+        state = model_registry.load_weights(path)
         if not isinstance(state, dict):
             raise PersonaError("is not a checkpoint (no state dict)", file=path, fix="use an F5-TTS checkpoint")
         state = state.get("ema_model_state_dict") or state.get("model_state_dict") or state
