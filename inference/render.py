@@ -34,6 +34,7 @@ from persona.inference.speech import VoiceFiles
 from persona.inference.stage import RenderJob, Stage, disk_full_is_kept, run_stage
 from persona.inference.video import VideoStage
 from persona.lock import locked
+from persona.models import find
 from persona.progress import info, meter
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ def obtain_script(ws: Workspace, rdir: RenderDir, topic: Path | None, script_fil
     while the topic and prompt are unchanged), else a new one from the LLM. A script.json that would
     be replaced is kept as script.previous.json: it may hold the user's edits."""
     if script_file is not None:
-        script = load_script(script_file)
+        script = load_script(script_file, settings.script)
         text = script.model_dump_json(indent=2)
         if rdir.script.exists() and rdir.script.read_text(encoding="utf-8") != text:
             _keep_previous(rdir, "--script gives another script")
@@ -73,14 +74,14 @@ def obtain_script(ws: Workspace, rdir: RenderDir, topic: Path | None, script_fil
     prompt, prompt_path = prompt_text("script", ws.root)
     if topic is None:
         if rdir.script.exists():
-            return load_script(rdir.script), {"source": "kept"}
+            return load_script(rdir.script, settings.script), {"source": "kept"}
         raise PersonaError("nothing to render: give a topic file or --script",
                            fix="persona render topic.txt (or --script script.json)")
     s = settings.script
     text = read_topic(topic, s.max_topic_chars)
     key = hash_json(["script", text, prompt, s.model_dump(exclude={"api_key"}), settings.seed])
     if is_fresh(rdir.script, key):
-        return load_script(rdir.script), {"source": "kept"}
+        return load_script(rdir.script, settings.script), {"source": "kept"}
     backend = make_backend(s, settings.seed, ws.pack.models)
     model = getattr(backend, "model_name", s.model)
     if s.backend == "transformers":
@@ -116,10 +117,17 @@ class PackParts:
         return [part for part, trained in (("voice", self.voice_trained), ("likeness", self.lora)) if not trained]
 
 
-def preflight(ws: Workspace) -> PackParts:
+def preflight(ws: Workspace, settings: RenderSettings) -> PackParts:
     """Fail before any heavy work when the pack lacks what a stage needs. A pack right after ingest
     (datasets, no training) renders: narration zero-shot from the voice dataset's reference clip,
     on-camera scenes from the person's own footage, b-roll from FLUX without the LoRA."""
+    # Models whose files are code (FILM, a LatentSync checkout) are refused when a pack names them
+    # without the user's trust: say so now, not after the narration.
+    code = ["film"] if settings.finish.interpolation in ("auto", "film") else []
+    if settings.lipsync.enabled and settings.lipsync.backend == "latentsync":
+        code.append("latentsync")
+    for key in code:
+        find(key, models=ws.pack.models)
     voice = VoiceFiles.from_workspace(ws) if ws.pack.voice else VoiceFiles.zero_shot(ws)
     return PackParts(voice, ws.pack.voice is not None, ws.pack.lora is not None, presenter.clips(ws))
 
@@ -183,7 +191,7 @@ def render(ws: Workspace, topic: Path | None = None, *, script_file: Path | None
     check_profile(settings)
     name = render_name(name, topic, script_file)
     rdir = RenderDir(ws.root / "renders" / name)
-    pack = preflight(ws)
+    pack = preflight(ws, settings)
     created = not rdir.root.exists()
     rdir.root.mkdir(parents=True, exist_ok=True)
     sweep(rdir)

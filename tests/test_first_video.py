@@ -34,8 +34,12 @@ def ingested(tmp_path_factory, tiny_models, demo_footage):
     root = tmp_path_factory.mktemp("first")
     consent = Consent(person="Demo", granted_by="Demo", date=dt.date(2025, 5, 1), scope="tests")
     ws = Workspace.create(root / "ws", "Demo Astronaut", consent=consent)
-    # Resemblyzer (real weights) picks the voice, not the random tiny speaker-embedding model
-    ws.update("models", {k: str(v) for k, v in tiny_models.items() if k != "speaker-embedding"}, replace=True)
+    # Resemblyzer (real weights) picks the voice, not the random tiny speaker-embedding model; FILM is
+    # code, which a pack may not name (finishing interpolates with FFmpeg instead)
+    from persona.models import spec
+
+    ws.update("models", {k: str(v) for k, v in tiny_models.items()
+                         if k != "speaker-embedding" and not spec(k).runs_code}, replace=True)
     footage = [Path(demo_footage["files"][k]) for k in ("lecture", "interview")]
     summary = ingest(ws, footage, image_settings=ImageSettings(count=4, min_face=96, sample_every=0.5, resolution=512),
                      voice_settings=VoiceIngestSettings(drop_truncated=False, min_asr_logprob=None),
