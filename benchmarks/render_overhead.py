@@ -46,7 +46,9 @@ def main() -> None:
         models = tiny.build_all(root / "models")
         consent = Consent(person="Bench", granted_by="Bench", date=dt.date.today(), scope="benchmark")
         ws = Workspace.create(root / "ws", "Bench Mark", consent=consent)
-        ws.update("models", {k: str(v) for k, v in models.items()})
+        # FILM is code: a user's own setting (here the environment), never a pack's [models]
+        os.environ["PERSONA_FILM"] = str(models.pop("film"))
+        ws.update("models", {k: str(v) for k, v in models.items() if k != "speaker-embedding"})
         tiny.fill_pack(ws, models)
         script = root / "script.json"
         script.write_text(json.dumps(SCRIPT))
