@@ -316,18 +316,21 @@ def _plot(scenes: list[dict[str, Any]], match: float, path: Path) -> None:
         if pts:
             ax.plot(*zip(*pts), "o-", ms=3, color="tab:blue" if s["source"] != "b-roll" else "tab:gray")
             top = max(top, max(d for _, d in pts) * 1.1)
+        if s.get("keyframe_distance") is not None:
+            ax.plot([s["start"]], [s["keyframe_distance"]], "D", color="tab:purple", ms=5)
         if missing:
             ax.plot(missing, [0.02] * len(missing), "x", color="tab:red", ms=4)
         ax.axvline(s["start"], color="0.7", lw=0.8)
         ax.text(s["start"] + 0.1, 0.97, f"{s['scene']} {s['source']}", transform=ax.get_xaxis_transform(),
                 fontsize=7, va="top")
     ax.axhline(match, color="tab:orange", ls="--", lw=1, label=f"match threshold {match:.2f}")
+    ax.plot([], [], "D", color="tab:purple", label="keyframe")
     ax.plot([], [], "x", color="tab:red", label="no face")
     ax.set_ylim(0, top)
     ax.set_xlim(0, max(sum(s["seconds"] for s in scenes), 1.0))
     ax.set_xlabel("seconds into the video")
     ax.set_ylabel("identity distance (lower is closer)")
-    ax.legend(loc="upper right", fontsize=7)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)  # outside: never over the curve
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -135,3 +135,36 @@ def test_render_report_without_references_is_skipped(make_workspace):
     ws = make_workspace()
     report = lk.render_report(ws, ws.root / "renders" / "none")
     assert set(report) == {"skipped"} and "persona ingest" in report["skipped"]
+
+
+def test_ingest_stores_the_reference_face(shared_media, make_workspace, tmp_path):
+    import people_footage as people
+
+    from persona.data.images import ImageSettings, ingest_images
+
+    built = people.build(shared_media / "footage", tmp_path / "people")
+    ws = make_workspace("Bearded Man", models=False)
+    ingest_images(ws, built["videos"], [], ImageSettings(count=6, min_face=80, max_upscale=8.0, sample_every=1.0),
+                  faces=[built["reference"]])
+    record = read_json(ws.path(lk.REFERENCE_FACE))
+    assert record["backend"] == "dlib" and record["faces"] >= 5 and len(record["embedding"]) == 128
+    reference = np.asarray(record["embedding"], np.float32)
+    him = np.asarray(Image.open(built["reference"]).convert("RGB"))  # a moment in none of the videos
+    [d] = lk.face_distances([him], reference)
+    assert d is not None and d < record["match_distance"]
+
+
+def test_ingest_stores_the_reference_voice(shared_media, make_workspace):
+    from persona.data.voice import VoiceIngestSettings, ingest_voice
+
+    ami = shared_media / "speech" / "ami"
+    ws = make_workspace(models=False)
+    ingest_voice(ws, [ami / "trn09.wav"], VoiceIngestSettings())  # FEE083 talks most
+    record = read_json(ws.path(lk.REFERENCE_VOICE))
+    kept = len(list(ws.path("datasets/voice/wavs").glob("*.wav")))
+    assert record["clips"] == kept > 0 and record["encoder"].startswith("resemblyzer")
+    reference = np.asarray(record["embedding"], np.float32)
+    assert np.linalg.norm(reference) == pytest.approx(1.0, abs=1e-3)
+    her = lk.speaker_similarity(read_audio(ami / "trn06.wav", SR, 18.0, 21.7), SR, reference)  # another meeting
+    other = lk.speaker_similarity(read_audio(ami / "trn08.wav", SR, 12.0, 19.6), SR, reference)  # FEE087
+    assert her > other, (her, other)
