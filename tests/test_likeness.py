@@ -114,6 +114,7 @@ def test_render_report_scores_scenes_and_plots(footage, make_workspace):
     write_json(root / "render.json", {"sources": {"01": "footage", "02": "generated"}})
 
     report = lk.render_report(ws, root)
+    print("\n" + report["summary"])
 
     match = report["match_distance"]
     one, two = report["scenes"]
