@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from persona.data import captions as cap
 from persona.data import crops, frames, scan, select
 from persona import faces as fx
+from persona import likeness
 from persona.errors import PersonaError
 from persona.files import (hash_file, hash_json, is_fresh, mark_fresh, read_json, read_json_strict, staged_dir,
                            write_json, write_text)
@@ -324,6 +325,9 @@ def _write(ws: Any, root: Path, staging: Path, usable: list[scan.Source], identi
         crops.render(piece, local).save(staging / name, format="PNG", compress_level=3)
         manifest.append(_entry(name, usable[c.file], c, p, exact, ws.token))
     write_json(staging / "manifest.json", manifest)
+    # The face the likeness checks compare against (persona.likeness), from the kept frames' exact embeddings.
+    likeness.write_reference_face(staging / "reference_face.json", [e["embedding"] for _, _, e in chosen],
+                                  settings.face_backend)
     _trainer_files(staging, manifest, root)
     _write_report(staging, usable, identity, rejected, settings, ordered, manifest)
     presence = {str(s.path): select.presence(s.analysis, i, identity)
@@ -349,14 +353,16 @@ def _extract(usable: list[scan.Source], ordered: list[select.Candidate], setting
                 continue
             box = tuple(c.face["box"])
             face = fx.Face(box, 0.0, backend.landmarks(rgb, box))
-            distance = float(backend.distance(backend.embed(rgb, face), identity.references).min())
+            embedding = backend.embed(rgb, face)
+            distance = float(backend.distance(embedding, identity.references).min())
             sharp = fx.sharpness(np.asarray(Image.fromarray(fx.region(rgb, box)).convert("L")))
             if distance > match:
                 rejected[select.MISMATCH] += 1
             elif sharp < settings.min_sharpness:
                 rejected[select.BLUR] += 1
             else:
-                chosen.append((c, _keep_region(rgb, c), {"distance": distance, "sharpness": round(sharp, 1)}))
+                chosen.append((c, _keep_region(rgb, c), {"distance": distance, "sharpness": round(sharp, 1),
+                                                          "embedding": embedding}))
     return chosen, pos
 
 

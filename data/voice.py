@@ -29,6 +29,7 @@ from persona.data import voice_dataset as vd
 from persona.speakers import SpeakerEncoder, encoder_for, unit
 from persona.errors import PersonaError
 from persona.files import atomic_path, hash_file, hash_json, read_json, remembered_hash, staged_dir, write_json
+from persona import likeness
 from persona.lock import locked
 from persona.media import probe, read_audio, write_audio
 from persona.progress import info, meter, warn
@@ -421,6 +422,8 @@ def ingest_voice(ws: Any, sources: list[Path], settings: VoiceIngestSettings | N
         manifest = vd.write_dataset(out, stage, kept, reference)
         report = vd.build_report(analysed, cands, kept, manifest, target, transcription, reference, strict, problems, settings)
         write_json(stage / "report.json", report)
+        # The voice the likeness checks compare against (persona.likeness): every kept clip weighs the same.
+        likeness.write_reference_voice(stage / "reference_voice.json", [c.wav for c in kept], encoder)
         shutil.rmtree(stage / "candidates", ignore_errors=True)
     ws.update("datasets", {"voice": DATASET})
     vd.tell(report, transcription, out)
