@@ -33,6 +33,7 @@ from persona.inference.script import Script, load_script, make_backend, messages
 from persona.inference.speech import VoiceFiles
 from persona.inference.stage import RenderJob, Stage, disk_full_is_kept, run_stage
 from persona.inference.video import VideoStage
+from persona.likeness import render_report
 from persona.lock import locked
 from persona.models import find
 from persona.progress import info, meter
@@ -267,9 +268,17 @@ def render(ws: Workspace, topic: Path | None = None, *, script_file: Path | None
     record.update(completed=until is None or until == "assemble", finished=dt.datetime.now().isoformat(timespec="seconds"),
                   scenes=_scene_summary(rdir))
     write_json(rdir.record, record)
+    if record["completed"]:  # drift as a number: every scene scored against the person's references
+        t0 = time.perf_counter()
+        record["likeness"] = render_report(ws, rdir.root)
+        record["likeness"]["seconds_taken"] = round(time.perf_counter() - t0, 3)
+        write_json(rdir.record, record)
+        if record["likeness"].get("summary"):
+            info(record["likeness"]["summary"])
     return {"render": str(rdir.root), "final": str(rdir.root / "final.mp4") if record["completed"] else None,
             "title": script.title, "scenes": len(rdir.scenes), "model_loads": job.loads,
             "zero_shot": pack.zero_shot(), "sources": source,
+            "likeness": {k: v for k, v in record.get("likeness", {}).items() if k in ("summary", "worst", "skipped")},
             "stages": {k: {"rendered": v.get("rendered"), "reused": v.get("reused"), "moved": v.get("moved"),
                            "seconds": v["seconds_taken"]}
                        for k, v in record["stages"].items()}}

@@ -69,6 +69,9 @@ def test_first_video_needs_no_training(ingested):
     d = stream_durations(s["final"])
     assert abs(d["video"] - d["audio"]) < 1 / 32
     assert "api_key" not in record["settings"]["script"]  # settings recorded, the API key never
+    likeness = record["likeness"]  # the render scored against the references ingest stored
+    assert [sc["scene"] for sc in likeness["scenes"]] == ["01", "02"] and (rdir / "likeness.png").exists()
+    assert -1 <= likeness["scenes"][0]["speaker_similarity"] <= 1 and likeness["summary"].startswith("likeness")
 
 
 def test_footage_problems_are_one_line(ingested, tmp_path):
