@@ -208,10 +208,10 @@ def step_train_lora(d: Demo) -> str:
 SCRIPT = {
     "title": "How computers see",
     "scenes": [
-        {"narration": "Today we look at how a computer sees.", "image_prompt": "the presenter in a lecture hall",
+        {"narration": "Hello there.", "image_prompt": "the presenter in a lecture hall",
          "motion_prompt": "slow push-in", "on_camera": True},
-        {"narration": "Every picture is a grid of numbers.", "image_prompt": "a grid of glowing pixels",
-         "motion_prompt": "slow pan", "on_camera": False},
+        {"narration": "Pixels.", "image_prompt": "a grid of glowing pixels", "motion_prompt": "slow pan",
+         "on_camera": False},
     ],
 }
 
