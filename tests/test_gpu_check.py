@@ -1,0 +1,73 @@
+"""benchmarks/gpu_check.py --tiny: the GPU check's own code, run on the CPU with the tiny models, so
+that the prepared GPU run does not rot between the times a GPU is at hand."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+
+
+def load_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_table_has_every_stage_and_profile(tmp_path):
+    out = tmp_path / "table.json"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--models", str(tmp_path / "models"),
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    g = load_script()
+    expected = ([(f"lora@{z}", r) for r in g.LORA_RECIPES for z in g.LORA_SIZES]
+                + [("voice", r) for r in g.VOICE_RECIPES] + [("keyframe", p) for p in g.RENDER_PROFILES]
+                + [("wan-chunk", p) for p in g.RENDER_PROFILES] + [("musetalk", "-"), ("upscaler-720p", "-")])
+    assert [(r["stage"], r["profile"]) for r in rows] == expected
+    for r in rows:
+        assert r["fits"] == "yes" and not r["error"], r
+        assert r["value"] > 0 and r["unit"] and r["peak_ram_gb"] > 0.1, r
+        assert r["peak_vram_gb"] is None  # the CPU has no VRAM to report
+    # the printed table is the JSON's rows, one line each under a header
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("gpu_check ") and "CPU (--tiny)" in lines[0]
+    assert sum(line.startswith(("lora@", "voice", "keyframe", "wan-chunk", "musetalk", "upscaler")) for line in lines) == len(rows)
+
+
+def test_a_failing_row_is_a_row_not_a_crash(tmp_path):
+    g = load_script()
+    ctx = g.Ctx(tiny=True, root=tmp_path, device=torch.device("cpu"))
+
+    def too_big():
+        torch.empty(1 << 62, dtype=torch.uint8)  # a real allocation failure, as an OOM under a cap is
+
+    row = g.measure(ctx, "lora@512", "flux-dev-12gb", too_big)
+    assert row.fits == "no" and row.value is None and "RuntimeError" in row.error
+    assert row.peak_ram_gb > 0
+    assert "no" in g.table([row]).splitlines()[1]
+
+
+@pytest.mark.parametrize("profile,cap", [("12gb", 12.0), ("flux-dev-24gb", 24.0), ("f5-80gb", 80.0), ("-", None), ("cpu", None)])
+def test_profile_caps(profile, cap):
+    assert load_script().cap_gb(profile) == cap
+
+
+def test_ram_peak_sees_an_allocation():
+    g = load_script()
+    with g.RamPeak(every=0.01) as ram:
+        before = ram.peak
+        block = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MiB, touched
+        import time
+
+        time.sleep(0.1)
+        del block
+    assert ram.peak - before > 48 << 20
