@@ -37,9 +37,25 @@ LORA_RECIPES = ("flux-dev-12gb", "flux-dev-16gb", "flux-dev-24gb", "flux-dev-80g
 LORA_SIZES = (512, 1024)
 VOICE_RECIPES = ("f5-12gb", "f5-24gb", "f5-80gb")
 RENDER_PROFILES = ("12gb", "16gb", "24gb", "48gb", "80gb")
-# Packages the GPU machine (torch, transformers, peft, accelerate) lacks, pinned by constraints.txt.
-WHEELS = ("diffusers", "bitsandbytes", "f5-tts", "spandrel", "ema-pytorch", "x-transformers", "torchdiffeq", "vocos")
-CARRY_LIMIT = 64 << 20
+# What this script's code path imports that the GPU machine (python 3.12, torch 2.11, transformers,
+# peft, accelerate, pandas, pyarrow, numba, rich, einops, torchdiffeq ...: /work/.library/device/KINDS.md)
+# lacks. f5-tts is heavy because f5_tts.model's __init__ imports its trainer (datasets, wandb, librosa).
+WHEELS = (
+    "diffusers", "bitsandbytes", "f5-tts", "spandrel", "ema-pytorch", "x-transformers", "vocos", "einx", "frozendict",
+    "torch-einops-utils", "omegaconf", "antlr4-python3-runtime", "pydantic", "pydantic-core", "annotated-types",
+    "typing-inspection", "tomlkit", "ftfy", "wcwidth", "datasets", "dill", "multiprocess", "librosa", "soundfile",
+    "audioread", "soxr", "pooch", "decorator", "platformdirs", "pypinyin", "rjieba",
+    "loguru", "orjson", "wandb", "opentelemetry-api", "opentelemetry-sdk", "opentelemetry-proto",
+    "opentelemetry-exporter-otlp-proto-http", "opentelemetry-exporter-otlp-proto-common",
+    "opentelemetry-semantic-conventions",
+)
+# Published as source only (pure Python): built into a wheel here, so the GPU machine installs wheels only.
+SOURCE_ONLY = ("antlr4-python3-runtime",)
+# The GPU machine's Python and platforms, for binary wheels (pip matches manylinux tags exactly).
+PLATFORM = ["--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp"] + [
+    a for tag in ("manylinux_2_28", "manylinux_2_27", "manylinux_2_24", "manylinux_2_17", "manylinux2014",
+                  "manylinux1") for a in ("--platform", f"{tag}_x86_64")]
+CARRY_LIMIT = 60 << 20  # a run carries 64 MiB in all; the source tree takes ~1 MiB of it
 
 
 @dataclass
@@ -267,6 +283,11 @@ def model(ctx: Ctx, family: str) -> Path:
         if ctx.tiny:
             ctx.models[family] = tiny.build(family, ctx.root / "models")
         else:
+            # FLUX.1 (34 GB) and Wan (41 GB) in bf16 do not fit the GPU machine's 64 GB disk together
+            import shutil
+
+            for done in [f for f in ctx.models if f != "musetalk"]:
+                shutil.rmtree(ctx.models.pop(done), ignore_errors=True)
             ctx.models[family] = {"flux": full_flux, "wan-i2v": full_wan, "musetalk": full_musetalk}[family](ctx)
     return ctx.models[family]
 
@@ -476,14 +497,20 @@ def table(rows: list[Row]) -> str:
 
 
 def wheels(folder: Path) -> list[list[tuple[str, int]]]:
-    """Download the wheels the GPU machine lacks (versions pinned by constraints.txt) and group them
-    into bundles of at most 64 MiB, one per run."""
+    """Download the wheels the GPU machine lacks, at the versions installed here (the ones the tests
+    pass with), for its Python 3.12, and group them into bundles of at most 64 MiB, one per run."""
+    import importlib.metadata as md
     import subprocess
 
     folder.mkdir(parents=True, exist_ok=True)
-    constraints = Path(__file__).resolve().parents[1] / "constraints.txt"
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder),
-                    "-c", str(constraints), *WHEELS], check=True)
+    pins = [f"{name}=={md.version(name)}" for name in WHEELS if name not in SOURCE_ONLY]
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder), *PLATFORM, *pins],
+                   check=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(folder),
+                    *[f"{name}=={md.version(name)}" for name in SOURCE_ONLY]], check=True)
+    # persona itself, so that the GPU machine imports it as here (its folders map onto persona.*)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(folder),
+                    str(Path(__file__).resolve().parents[1])], check=True)
     files = sorted(((p.name, p.stat().st_size) for p in folder.glob("*.whl")), key=lambda x: -x[1])
     bundles: list[list[tuple[str, int]]] = []
     for name, size in files:  # first fit, largest first
