@@ -116,10 +116,22 @@ def cap_gb(profile: str) -> float | None:
     return float(digits) if digits.isdigit() else None
 
 
-def measure(ctx: Ctx, stage: str, profile: str, run: Callable[[], tuple[float, str, str]]) -> Row:
-    """Run one row under its profile's cap; any exception becomes the row's error."""
+def measure(ctx: Ctx, stage: str, profile: str, run: Callable[[], tuple[float, str, str]],
+            family: str | None = None) -> Row:
+    """Run one row under its profile's cap; any exception becomes the row's error. The row's model
+    family is built first, uncapped and unmeasured (building is not what a profile runs)."""
     row = Row(stage, profile)
     cuda = ctx.device.type == "cuda"
+    if family:
+        if cuda:
+            torch.cuda.set_per_process_memory_fraction(1.0)
+        try:
+            model(ctx, family)
+        except Exception as e:  # noqa: BLE001
+            row.error = f"building {family}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            free(ctx)
+            return row
+        free(ctx)
     if cuda:
         total = torch.cuda.get_device_properties(0).total_memory
         cap = cap_gb(profile)
@@ -207,7 +219,13 @@ def full_flux(ctx: Ctx) -> Path:
             latent_channels=16, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
             use_quant_conv=False, use_post_quant_conv=False),
     }
-    return save_full(ctx, folder, "flux-full", parts)
+    out = save_full(ctx, folder, "flux-full", parts)
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    # FLUX.1-dev scheduler/scheduler_config.json (the tiny one's sequence lengths are scaled down)
+    FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                    base_image_seq_len=256, max_image_seq_len=4096).save_pretrained(str(out / "scheduler"))
+    return out
 
 
 def full_wan(ctx: Ctx) -> Path:
@@ -339,20 +357,18 @@ def voice_row(ctx: Ctx, recipe: str) -> tuple[float, str, str]:
     from ema_pytorch import EMA
     from f5_tts.model import CFM, DiT
 
-    from persona import tiny
     from persona.config import resolve_settings
-    from persona.models import f5_base_arch, f5_pretrained_vocab
+    from persona.models import f5_pretrained_vocab
     from persona.train.voice import VoiceSettings
     from persona.train.voice_data import read_vocab
     from persona.train.voice_trainer import MEL
 
     s = resolve_settings(VoiceSettings, "voice", recipe)
     frames, note = s.batch_frames, ""
-    arch = dict(tiny.F5_TINY_ARCH) if ctx.tiny else f5_base_arch()
     if ctx.tiny:
         frames, note = 300, "tiny DiT, 300 frames"
     vocab = read_vocab(f5_pretrained_vocab())
-    net = CFM(transformer=DiT(**arch, checkpoint_activations=s.checkpoint_activations, text_num_embeds=len(vocab),
+    net = CFM(transformer=DiT(**voice_arch(ctx.tiny, s.checkpoint_activations), text_num_embeds=len(vocab),
                               mel_dim=100), mel_spec_kwargs=MEL, vocab_char_map=vocab).to(ctx.device)
     ema = EMA(net, include_online_model=False, update_every=1).to(ctx.device)
     if s.optimizer == "adamw8bit" and ctx.device.type == "cuda":
@@ -378,6 +394,14 @@ def voice_row(ctx: Ctx, recipe: str) -> tuple[float, str, str]:
 
     seconds = timed(update, 2, ctx)
     return seconds, "s/update", note or f"{frames} frames per update"
+
+
+def voice_arch(tiny_model: bool, checkpoint_activations: bool) -> dict[str, Any]:
+    from persona import tiny
+    from persona.models import f5_base_arch
+
+    arch = dict(tiny.F5_TINY_ARCH) if tiny_model else f5_base_arch()
+    return {**arch, "checkpoint_activations": checkpoint_activations}
 
 
 def keyframe_row(ctx: Ctx, profile: str) -> tuple[float, str, str]:
@@ -412,7 +436,7 @@ def wan_row(ctx: Ctx, profile: str) -> tuple[float, str, str]:
     from persona.inference.plan import RenderSettings
 
     v = resolve_settings(RenderSettings, "render", profile).video
-    width, height, frames, steps, few = v.width, v.height, v.chunk_frames, v.steps, 3
+    width, height, frames, steps, few = v.width, v.height, v.chunk_frames, v.steps, 2
     if ctx.tiny:
         width, height, frames, few = 32, 32, 5, 1
     pipe = load_pipeline(WanImageToVideoPipeline, model(ctx, "wan-i2v"), v.memory)
@@ -475,15 +499,19 @@ def upscaler_row(ctx: Ctx) -> tuple[float, str, str]:
 
 
 # ---- the table ------------------------------------------------------------------------------------------
-def plan(ctx: Ctx, only: str | None) -> list[tuple[str, str, Callable[[], tuple[float, str, str]]]]:
-    rows: list[tuple[str, str, Callable[[], tuple[float, str, str]]]] = []
+Planned = tuple[str, str, Callable[[], tuple[float, str, str]], str | None]  # stage, profile, run, family
+
+
+def plan(ctx: Ctx, only: str | None) -> list[Planned]:
+    rows: list[Planned] = []
     for recipe in LORA_RECIPES:
         for size in LORA_SIZES:
-            rows.append((f"lora@{size}", recipe, lambda r=recipe, z=size: lora_row(ctx, r, z)))
-    rows += [("voice", r, lambda r=r: voice_row(ctx, r)) for r in VOICE_RECIPES]
-    rows += [("keyframe", p, lambda p=p: keyframe_row(ctx, p)) for p in RENDER_PROFILES]
-    rows += [("wan-chunk", p, lambda p=p: wan_row(ctx, p)) for p in RENDER_PROFILES]
-    rows += [("musetalk", "-", lambda: musetalk_row(ctx)), ("upscaler-720p", "-", lambda: upscaler_row(ctx))]
+            rows.append((f"lora@{size}", recipe, lambda r=recipe, z=size: lora_row(ctx, r, z), "flux"))
+    rows += [("voice", r, lambda r=r: voice_row(ctx, r), None) for r in VOICE_RECIPES]
+    rows += [("keyframe", p, lambda p=p: keyframe_row(ctx, p), "flux") for p in RENDER_PROFILES]
+    rows += [("wan-chunk", p, lambda p=p: wan_row(ctx, p), "wan-i2v") for p in RENDER_PROFILES]
+    rows += [("musetalk", "-", lambda: musetalk_row(ctx), "musetalk"),
+             ("upscaler-720p", "-", lambda: upscaler_row(ctx), None)]
     return [r for r in rows if not only or r[0].startswith(only)]
 
 
@@ -551,8 +579,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ctx = Ctx(tiny=args.tiny, root=args.models or Path(tmp), device=device)
         results = []
-        for stage, profile, run in plan(ctx, args.only):
-            results.append(measure(ctx, stage, profile, run))
+        for stage, profile, run, family in plan(ctx, args.only):
+            results.append(measure(ctx, stage, profile, run, family))
             print(f"{stage} {profile}: {results[-1].fits} {results[-1].error}", file=sys.stderr, flush=True)
     title = f"gpu_check {time.strftime('%Y-%m-%d')} on " + (
         torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU (--tiny)")

@@ -54,6 +54,10 @@ def test_a_failing_row_is_a_row_not_a_crash(tmp_path):
     assert row.fits == "no" and row.value is None and "RuntimeError" in row.error
     assert row.peak_ram_gb > 0
     assert "no" in g.table([row]).splitlines()[1]
+    # a model that cannot be built is a row too, and its stage never runs
+    ran = []
+    row = g.measure(ctx, "keyframe", "12gb", lambda: ran.append(1), family="no-such-family")
+    assert row.fits == "no" and row.error.startswith("building no-such-family: KeyError") and not ran
 
 
 @pytest.mark.parametrize("profile,cap", [("12gb", 12.0), ("flux-dev-24gb", 24.0), ("f5-80gb", 80.0), ("-", None), ("cpu", None)])
@@ -95,3 +99,15 @@ def test_random_weights_materialise_from_meta_with_buffers_kept():
         vocab_size=99, eos_token_id=2, bos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
         max_position_embeddings=77)), torch.device("cpu"), torch.float32)
     assert torch.equal(clip.embeddings.position_ids, torch.arange(77)[None])  # a buffer, not garbage
+
+
+@pytest.mark.parametrize("tiny_model", [True, False])
+def test_voice_architectures_build(tiny_model):
+    """F5TTS_v1_Base's settings (and the tiny ones) with the recipe's recomputation, on the meta device."""
+    from f5_tts.model import DiT
+
+    g = load_script()
+    with torch.device("meta"):
+        net = DiT(**g.voice_arch(tiny_model, True), text_num_embeds=2545, mel_dim=100)
+    params = sum(p.numel() for p in net.parameters())
+    assert (params < 5e6) if tiny_model else (300e6 < params < 400e6)  # F5TTS_v1_Base: 337 M
