@@ -289,8 +289,8 @@ def full_musetalk(ctx: Ctx) -> Path:
     folder = ctx.root / "models" / "musetalk-full" / "musetalkV15"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "musetalk.json").write_text(json.dumps(MUSETALK_JSON))
-    unet = random_weights(lambda: UNet2DConditionModel.from_config(MUSETALK_JSON), torch.device("cpu"), torch.float16)
-    torch.save(unet.state_dict(), folder / "unet.pth")
+    unet = random_weights(lambda: UNet2DConditionModel.from_config(MUSETALK_JSON), torch.device("cpu"), torch.float32)
+    torch.save({k: v.half() for k, v in unet.state_dict().items()}, folder / "unet.pth")  # fp16, as published
     return folder.parent
 
 
