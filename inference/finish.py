@@ -271,7 +271,10 @@ def finish_scene(source: Path, seconds: float, out: Path, method: str, film: Fil
 
     def finished(x: np.ndarray) -> np.ndarray:
         tick(1)
-        return resize(upscaler(x) if upscaler is not None else x, size)
+        # A super-resolution model only where the picture is smaller than the output (the person's own
+        # footage usually is not): upscaling 4x to shrink again would cost time and add nothing.
+        small = x.shape[0] < size[1] or x.shape[1] < size[0]
+        return resize(upscaler(x) if upscaler is not None and small else x, size)
 
     write_video(out, (finished(x) for x in frames), f.fps)
     return {"source_fps": src_fps, "factor": factor, "frames": count}
