@@ -67,15 +67,23 @@ class OnServer:
         return self.client
 
 
-def on_servers(stage: Stage, job: RenderJob, scenes: list[SceneDir], model: Lazy, tick: Tick
-               ) -> Iterator[tuple[SceneDir, dict[str, Any]]]:
-    """Each scene made by `stage.make` on whichever server is free; each comes back as it is done."""
-    servers: Servers = model.get()
-    work = lambda client, scene: stage.make(job, scene, OnServer(client), tick)  # noqa: E731
-    yield from servers.dispatcher.run(scenes, work)
+class OnServers:
+    """What makes a stage run on the servers: its model is the servers (picked when the stage starts),
+    and each scene goes to whichever server is free, coming back as it is done."""
+
+    servers: Servers
+
+    def load(self, job: RenderJob) -> Servers:
+        return self.servers
+
+    def make_all(self, job: RenderJob, scenes: list[SceneDir], model: Lazy, tick: Tick
+                 ) -> Iterator[tuple[SceneDir, dict[str, Any]]]:
+        servers: Servers = model.get()
+        work = lambda client, scene: self.make(job, scene, OnServer(client), tick)  # noqa: E731
+        yield from servers.dispatcher.run(scenes, work)
 
 
-class ComfyKeyframeStage(KeyframeStage):
+class ComfyKeyframeStage(OnServers, KeyframeStage):
     """FLUX.1-dev with the pack's LoRA on ComfyUI (UNETLoader + DualCLIPLoader + LoraLoaderModelOnly)."""
 
     model = "comfyui"
@@ -85,13 +93,6 @@ class ComfyKeyframeStage(KeyframeStage):
         self.servers = Servers(job.settings, self.ROLES)
         self.set_lora(job, scenes)
         self.flux_id = hash_json(["comfyui", [self.servers.names[r] for r in self.ROLES]])
-
-    def load(self, job: RenderJob) -> Servers:
-        return self.servers
-
-    def make_all(self, job: RenderJob, scenes: list[SceneDir], model: Lazy, tick: Tick
-                 ) -> Iterator[tuple[SceneDir, dict[str, Any]]]:
-        yield from on_servers(self, job, scenes, model, tick)
 
     def make(self, job: RenderJob, scene: SceneDir, model: Any, tick: Tick) -> dict[str, Any]:
         k, (width, height) = job.settings.keyframes, job.settings.keyframe_size()
@@ -104,7 +105,7 @@ class ComfyKeyframeStage(KeyframeStage):
         return {"seed": seed, "prompt": prompt, "server": result.server, "overhead_s": round(result.overhead, 3)}
 
 
-class ComfyVideoStage(VideoStage):
+class ComfyVideoStage(OnServers, VideoStage):
     """Wan image-to-video or first-last-frame on ComfyUI, chunk by chunk as in-process."""
 
     model = "comfyui"
@@ -123,13 +124,6 @@ class ComfyVideoStage(VideoStage):
         self.path = Path(self.unet)
         self.model_id = hash_json(["comfyui", self.unet, [self.servers.names[r] for r in self.ROLES]])
 
-    def load(self, job: RenderJob) -> Servers:
-        return self.servers
-
-    def make_all(self, job: RenderJob, scenes: list[SceneDir], model: Lazy, tick: Tick
-                 ) -> Iterator[tuple[SceneDir, dict[str, Any]]]:
-        yield from on_servers(self, job, scenes, model, tick)
-
     def animate(self, job: RenderJob, wan: Any, s: SceneDir, image: Any, length: int, seed: int, chunk: Path,
                 tick: Tick) -> None:
         v, (width, height) = job.settings.video, job.settings.video_size()
@@ -143,7 +137,7 @@ class ComfyVideoStage(VideoStage):
         wan.get().run(graph, {"video": chunk}, steps_as_progress(tick))
 
 
-class TalkingStage(Stage):
+class TalkingStage(OnServers, Stage):
     """On-camera scenes where the keyframe speaks the narration: audio-driven video (Wan2.2-S2V,
     extended for long narrations, or HuMo) on ComfyUI. It replaces video-then-lip-sync for them."""
 
@@ -172,13 +166,6 @@ class TalkingStage(Stage):
 
     def work(self, job: RenderJob, scene: SceneDir) -> float:
         return len(cg.talking_chunks(self.frames(job, scene))) * job.settings.video.steps
-
-    def load(self, job: RenderJob) -> Servers:
-        return self.servers
-
-    def make_all(self, job: RenderJob, scenes: list[SceneDir], model: Lazy, tick: Tick
-                 ) -> Iterator[tuple[SceneDir, dict[str, Any]]]:
-        yield from on_servers(self, job, scenes, model, tick)
 
     def make(self, job: RenderJob, scene: SceneDir, model: Any, tick: Tick) -> dict[str, Any]:
         v, (width, height) = job.settings.video, job.settings.video_size()
