@@ -243,9 +243,11 @@ def step_first_video(d: Demo) -> str:
 def step_render(d: Demo) -> str:
     topic = d.root / "topic.txt"
     topic.write_text("How a computer learns to see: pixels, then edges, then shapes, then whole objects.\n")
-    summary, final = _render(d, "render", topic=topic)
+    # The other presenter source: on-camera scenes generated with the trained LoRA (FLUX + Wan), then
+    # lip-synced; the first video showed the footage one.
+    summary, final = _render(d, "render", topic=topic, overrides={"presenter": {"source": "generated"}})
     return (f"{summary['final']}: {summary['scenes']} scenes, {final.duration:.1f} s, {final.width}x{final.height} "
-            f"at {final.fps:g} fps with the trained voice and LoRA (script by the tiny LLM)")
+            f"at {final.fps:g} fps with the trained voice and LoRA, on camera generated (script by the tiny LLM)")
 
 
 STEPS: list[tuple[str, Callable[[Demo], str]]] = [
