@@ -184,13 +184,15 @@ def test_only_the_main_process_of_a_distributed_launch_locks(ws, monkeypatch):
         proc.wait()
 
 
+MODEL_KEYS = ["flux", "wan-i2v", "f5-tts", "vocos", "florence2", "whisper", "llm", "upscaler"]
 UPDATES = """
 import sys
 from persona.workspace import Workspace
+keys = %r
 ws = Workspace(sys.argv[1])
 for i in range(int(sys.argv[3])):
-    ws.update(sys.argv[2], {"images": f"d{i}"} if sys.argv[2] == "datasets" else {f"k{i}": str(i)})
-"""
+    ws.update(sys.argv[2], {"images": f"d{i}"} if sys.argv[2] == "datasets" else {keys[i %% len(keys)]: f"/models/{i}"})
+""" % MODEL_KEYS
 
 
 def test_concurrent_updates_of_two_sections_keep_both(ws):
@@ -201,7 +203,7 @@ def test_concurrent_updates_of_two_sections_keep_both(ws):
              for section in ("models", "datasets")]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     pack = Workspace(ws.root).pack
-    assert pack.models == {f"k{i}": str(i) for i in range(n)}
+    assert pack.models == {MODEL_KEYS[i % len(MODEL_KEYS)]: f"/models/{i}" for i in range(n)}  # the last of each
     assert pack.datasets.images == f"d{n - 1}"
 
 
