@@ -66,7 +66,7 @@ def obtain_script(ws: Workspace, rdir: RenderDir, topic: Path | None, script_fil
     while the topic and prompt are unchanged), else a new one from the LLM. A script.json that would
     be replaced is kept as script.previous.json: it may hold the user's edits."""
     if script_file is not None:
-        script = load_script(script_file, settings.script)
+        script = load_script(script_file)
         text = script.model_dump_json(indent=2)
         if rdir.script.exists() and rdir.script.read_text(encoding="utf-8") != text:
             _keep_previous(rdir, "--script gives another script")
@@ -75,14 +75,14 @@ def obtain_script(ws: Workspace, rdir: RenderDir, topic: Path | None, script_fil
     prompt, prompt_path = prompt_text("script", ws.root)
     if topic is None:
         if rdir.script.exists():
-            return load_script(rdir.script, settings.script), {"source": "kept"}
+            return load_script(rdir.script), {"source": "kept"}
         raise PersonaError("nothing to render: give a topic file or --script",
                            fix="persona render topic.txt (or --script script.json)")
     s = settings.script
     text = read_topic(topic, s.max_topic_chars)
     key = hash_json(["script", text, prompt, s.model_dump(exclude={"api_key"}), settings.seed])
     if is_fresh(rdir.script, key):
-        return load_script(rdir.script, settings.script), {"source": "kept"}
+        return load_script(rdir.script), {"source": "kept"}
     backend = make_backend(s, settings.seed, ws.pack.models)
     model = getattr(backend, "model_name", s.model)
     if s.backend == "transformers":

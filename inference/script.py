@@ -171,7 +171,7 @@ def load_script(path: str | Path, settings: "ScriptSettings | None" = None) -> S
                            fix=f"fix that field; {SCRIPT_SHAPE}") from None
     if len(script.scenes) > max_scenes:
         raise PersonaError(f"the script has {len(script.scenes)} scenes (limit {max_scenes})", file=path,
-                           fix="cut scenes, or raise script.max_scenes (up to 16) in a render recipe")
+                           fix=f"cut it to {max_scenes} scenes, or make two videos of it")
     return script
 
 
