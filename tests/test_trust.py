@@ -126,12 +126,14 @@ def test_a_packs_latentsync_python_runs_nothing(pack, tmp_path, monkeypatch, own
     pack.update("models", {"latentsync": "LatentSync"})
     video = write_video(tmp_path / "v.mp4", (np.zeros((48, 64, 3), np.uint8) for _ in range(4)), 16)
     audio = write_audio(tmp_path / "a.wav", np.zeros(8000, np.float32), 16000)
+    latentsync = LipsyncSettings(backend="latentsync")
     with pytest.raises(models.CodeRefused, match="checkout whose Python persona would run"):
-        lipsyncer(pack, LipsyncSettings()).sync(video, audio, tmp_path / "synced.mp4", 1)
+        lipsyncer(pack, latentsync)
     assert not marker.exists()
     monkeypatch.setenv(models.TRUST_ENV, "1")  # what --trust-pack sets
     with pytest.raises(PersonaError, match="LatentSync failed"):
-        lipsyncer(pack, LipsyncSettings()).sync(video, audio, tmp_path / "synced.mp4", 1)
+        backend, _ = lipsyncer(pack, latentsync)
+        backend.open().sync(video, audio, tmp_path / "synced.mp4", seed=1)
     assert marker.exists()
 
 
