@@ -295,7 +295,7 @@ class FinishStage(Stage):
         self.models = model_key(self.film_path, self.upscaler_path)
 
     def source(self, job: RenderJob, scene: SceneDir) -> Path:
-        return scene.path("synced.mp4" if scene.label in job.notes.get("synced", []) else "video.mp4")
+        return scene.path("synced.mp4" if scene.label in job.synced else "video.mp4")
 
     def seconds(self, scene: SceneDir) -> float:
         return scene.record("narration.wav")["seconds"]

@@ -207,8 +207,7 @@ class LipsyncStage(Stage):
 
     def scenes(self, job: RenderJob) -> list[SceneDir]:
         # talking scenes were made to speak by their video model: they need no second pass
-        sources = job.notes.get("sources", {})
-        return [s for s in job.scenes if s.scene.on_camera and sources.get(s.label) != "talking"] \
+        return [s for s in job.scenes if s.scene.on_camera and job.sources.get(s.label) != "talking"] \
             if self.syncer else []
 
     def key(self, job: RenderJob, scene: SceneDir) -> str:
@@ -240,7 +239,7 @@ class LipsyncStage(Stage):
 
     def summary(self, job: RenderJob) -> dict[str, Any]:
         synced = [s.label for s in self.scenes(job)]
-        job.notes["synced"] = synced
+        job.synced = synced
         if self.syncer is None:
             return {"synced": [], "skipped": self.skipped}
         return {"synced": synced, "skipped": None, "tool": self.syncer.name, **self.syncer.describe()}

@@ -229,7 +229,7 @@ def render(ws: Workspace, topic: Path | None = None, *, script_file: Path | None
     if pack.zero_shot():
         info(f"zero-shot: {' and '.join(pack.zero_shot())} (train them for the best likeness: "
              + ", ".join(f"`persona train-{'voice' if p == 'voice' else 'lora'}`" for p in pack.zero_shot()) + ")")
-    job.notes["sources"] = source
+    job.sources = source
     drawn = [s for s in rdir.scenes if source[s.label] != "footage"]
     filmed = [s for s in rdir.scenes if source[s.label] == "footage"]
     animated = [s for s in drawn if source[s.label] != "talking"]

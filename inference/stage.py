@@ -40,8 +40,9 @@ class RenderJob:
     settings: RenderSettings
     rdir: RenderDir
     loads: dict[str, int] = field(default_factory=dict)
-    # what earlier stages found out that later ones need (e.g. which scenes were lip-synced)
-    notes: dict[str, Any] = field(default_factory=dict)
+    # what the plan and earlier stages decided that later stages follow
+    sources: dict[str, str] = field(default_factory=dict)  # per scene: footage, generated, talking, b-roll
+    synced: list[str] = field(default_factory=list)  # scenes lip sync made synced.mp4 for
 
     @property
     def scenes(self) -> list[SceneDir]:
