@@ -105,16 +105,26 @@ def render(rgb: np.ndarray, p: CropPlan) -> Image.Image:
 
 def contact_sheet(images: list[Path], labels: list[str], out: Path, cell: int = 256) -> Path:
     """A grid of the chosen images, each labelled, to review the dataset at a glance."""
-    cols = max(1, math.ceil(math.sqrt(len(images) * 1.3)))
-    rows = max(1, math.ceil(len(images) / cols))
-    sheet = Image.new("RGB", (cols * cell, rows * (cell + 18)), (24, 24, 24))
-    draw = ImageDraw.Draw(sheet)
-    for i, (path, label) in enumerate(zip(images, labels)):
+    thumbs = []
+    for path in images:
         with Image.open(path) as im:
             im.thumbnail((cell, cell))
-            x, y = (i % cols) * cell, (i // cols) * (cell + 18)
-            sheet.paste(im, (x + (cell - im.width) // 2, y))
-        draw.text((x + 4, y + cell + 3), label, fill=(230, 230, 230))
+            thumbs.append(im.convert("RGB"))
+    return labelled_grid(thumbs, labels, out, per_row=max(1, math.ceil(math.sqrt(len(images) * 1.3))),
+                         cell=(cell, cell))
+
+
+def labelled_grid(cells: list[Image.Image], labels: list[str], out: Path, per_row: int,
+                  cell: tuple[int, int] | None = None) -> Path:
+    """Cells centred in a dark grid, a label under each (the review sheets of images and clips)."""
+    w, h = cell or (max((c.width for c in cells), default=1), max((c.height for c in cells), default=1))
+    rows = max(1, math.ceil(len(cells) / per_row))
+    sheet = Image.new("RGB", (per_row * w, rows * (h + 18)), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    for i, (im, label) in enumerate(zip(cells, labels)):
+        x, y = (i % per_row) * w, (i // per_row) * (h + 18)
+        sheet.paste(im, (x + (w - im.width) // 2, y))
+        draw.text((x + 4, y + h + 3), label, fill=(230, 230, 230))
     with atomic_path(out) as tmp:
         sheet.save(tmp, format="PNG")
     return out

@@ -33,9 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from persona import faces as fx
 from persona.data import frames, scan
+from persona.data.crops import labelled_grid
 from persona.data.images import Footage, ImageSettings, nobody, scan_and_identify
 from persona.errors import PersonaError
-from persona.files import atomic_path, hash_file, hash_json, is_fresh, mark_fresh, read_json, staged_dir, write_json
+from persona.files import hash_file, hash_json, is_fresh, mark_fresh, read_json, staged_dir, write_json
 from persona.media import open_video, write_video
 from persona.progress import info, meter, warn
 
@@ -688,15 +689,4 @@ def strip(firsts: list[tuple[np.ndarray, list[float]]], labels: list[str], out: 
         im = im.resize((max(1, round(im.width * k)), height), Image.Resampling.BILINEAR)
         ImageDraw.Draw(im).rectangle([v * k for v in box], outline=(80, 220, 80), width=2)
         cells.append(im)
-    per_row = min(8, len(cells))
-    cell_w = max(c.width for c in cells)
-    rows = (len(cells) + per_row - 1) // per_row
-    sheet = Image.new("RGB", (per_row * cell_w, rows * (height + 18)), (24, 24, 24))
-    draw = ImageDraw.Draw(sheet)
-    for i, (im, label) in enumerate(zip(cells, labels)):
-        x, y = (i % per_row) * cell_w, (i // per_row) * (height + 18)
-        sheet.paste(im, (x + (cell_w - im.width) // 2, y))
-        draw.text((x + 4, y + height + 3), label, fill=(230, 230, 230))
-    with atomic_path(out) as tmp:
-        sheet.save(tmp, format="PNG")
-    return out
+    return labelled_grid(cells, labels, out, per_row=min(8, max(1, len(cells))))
