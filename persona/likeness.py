@@ -359,7 +359,11 @@ def score_cells(cells: list[list[np.ndarray]], with_token: list[bool], reference
     face is within the match threshold (the likeness appearing without being asked for).
     """
     match = fx.backend(backend).match_distance if match is None else match
-    dist = [face_distances(row, reference, backend) for row in cells]
+    return summarise_distances([face_distances(row, reference, backend) for row in cells], with_token, match)
+
+
+def summarise_distances(dist: list[list[float | None]], with_token: list[bool], match: float) -> dict[str, Any]:
+    """`score_cells`' result from the per-cell distances (rows of cells, None: no face)."""
     token = [d for row, t in zip(dist, with_token) if t for d in row]
     plain = [d for row, t in zip(dist, with_token) if not t for d in row]
     found = [d for d in token if d is not None]
@@ -382,7 +386,7 @@ def within_reach(scores: dict[int, dict[str, Any]], tolerance: float, leak_weigh
     obj = {s: objective(v, leak_weight) for s, v in scores.items()}
     known = [o for o in obj.values() if o is not None]
     if not known:
-        return set(scores)  # nothing scored yet (no faces): keep everything until there is
+        return set()  # a step without a face is never picked
     bar = min(known) + tolerance
     return {s for s, o in obj.items() if o is not None and o <= bar + 1e-9}
 
