@@ -1,0 +1,185 @@
+"""train-lora's choice of step and strength by likeness: the picking logic on planted scores, the
+scorer on real pictures (scikit-image's portrait, and ../shared/media footage when present), and a
+tiny-cpu training end to end (random weights draw no faces: the fallback must say so)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from persona import faces as fx
+from persona import likeness as lk
+from persona import samples
+from persona.config import resolve_settings
+from persona.files import read_json, write_json
+from persona.train.lora import LoraSettings, Scorer, train_lora
+
+TOKEN = "TestPerson"
+ROWS = [f"a photo of {TOKEN}", "a photo of a person"]
+
+
+def planted(identity: float | None, leak: float = 0.0, faces: int = 4) -> dict:
+    return {"identity": identity, "leak": leak, "faces": faces if identity is not None else 0, "token_cells": 4}
+
+
+# ---- the pure picking logic -----------------------------------------------------------------------
+def test_pick_keeps_the_earliest_step_within_tolerance_of_the_best():
+    scores = {250: planted(0.70), 500: planted(0.46), 750: planted(0.44), 1000: planted(0.43), 1250: planted(0.60)}
+    pick = lk.pick_checkpoint(scores, last=1250, tolerance=0.03, leak_weight=0.25)
+    assert (pick["step"], pick["best_step"]) == (500, 1000)  # 0.46 <= 0.43 + 0.03: the earliest such step
+    assert "overtraining" in pick["reason"] and "step 1000" in pick["reason"]
+    exact = lk.pick_checkpoint(scores, last=1250, tolerance=0.0, leak_weight=0.25)
+    assert exact["step"] == 1000 and "best of 5" in exact["reason"]
+    # only steps that may still win keep their weights: 500, 750, 1000 (1250 and 250 never can)
+    assert lk.within_reach(scores, 0.03, 0.25) == {500, 750, 1000}
+
+
+def test_leak_is_penalised():
+    scores = {300: planted(0.40, leak=1.0), 600: planted(0.44, leak=0.0)}
+    assert lk.pick_checkpoint(scores, 600, tolerance=0.0, leak_weight=0.25)["step"] == 600  # 0.65 vs 0.44
+    assert lk.pick_checkpoint(scores, 600, tolerance=0.0, leak_weight=0.0)["step"] == 300
+
+
+def test_steps_without_a_face_are_never_picked_and_none_at_all_falls_back_to_last():
+    scores = {3: planted(None), 6: planted(0.5), 9: planted(None)}
+    assert lk.pick_checkpoint(scores, 9, 0.03, 0.25)["step"] == 6
+    assert lk.within_reach({3: planted(None)}, 0.03, 0.25) == set()
+    none = lk.pick_checkpoint({3: planted(None), 6: planted(None)}, 6, 0.03, 0.25)
+    assert none["step"] == 6 and none["fallback"] and "no face" in none["reason"] and "last step (6)" in none["reason"]
+
+
+def test_strength_sweep_picks_the_lowest_score_ties_nearest_one():
+    sweep = [{"strength": 0.6, **planted(0.62)}, {"strength": 0.8, **planted(0.45)},
+             {"strength": 1.0, **planted(0.41, leak=0.5)}, {"strength": 1.2, **planted(0.40, leak=1.0)}]
+    best = lk.pick_strength(sweep, leak_weight=0.25, default=1.0)
+    assert best["strength"] == 0.8 and "0.6, 0.8, 1, 1.2" in best["reason"]  # 0.45 < 0.535 < 0.65
+    tie = [{"strength": s, **planted(0.5)} for s in (0.6, 0.8, 1.2)]
+    assert lk.pick_strength(tie, 0.25, 1.0)["strength"] == 0.8
+    none = lk.pick_strength([{"strength": 1.0, **planted(None)}], 0.25, default=0.9)
+    assert none["strength"] == 0.9 and none["fallback"]
+
+
+# ---- the scorer on real pictures -------------------------------------------------------------------
+def grid(cells: list[list[np.ndarray]], size: int = 512) -> Image.Image:
+    sheet = Image.new("RGB", (len(cells[0]) * size, len(cells) * size))
+    for r, row in enumerate(cells):
+        for c, cell in enumerate(row):
+            sheet.paste(Image.fromarray(cell).resize((size, size)), (c * size, r * size))
+    return sheet
+
+
+def test_scorer_scores_grids_keeps_candidates_and_reuses_stored_scores(tmp_path):
+    """The astronaut portrait is "the person"; the cameraman photo has no frontal face dlib finds."""
+    person, other = samples.portrait(), samples.other_person()
+    be = fx.backend("dlib")
+    reference = {"backend": "dlib", "match_distance": 0.55,
+                 "embedding": be.embed(person, lk.main_face(person, be)).tolist()}
+    s = resolve_settings(LoraSettings, "lora", "tiny-cpu", {"sample_size": 512, "sample_every": 3, "steps": 9,
+                                                           "sample_prompts": ["a photo of {token}"]})
+    rows = ["a photo of TestPerson", "a photo of a person"]
+    mirrored = np.ascontiguousarray(person[:, ::-1])
+    good = grid([[person, mirrored], [other, other]])  # the person with the token, nobody without
+    leaky = grid([[mirrored, mirrored], [person, person]])  # the person shows up without the token too
+    lost = grid([[other, other], [other, other]])  # no face with the token
+    run = tmp_path / "run"
+    scorer = Scorer(run, reference, rows, TOKEN, s)
+    for step, sheet in [(3, good), (6, leaky), (9, lost)]:
+        sheet.save(tmp_path / f"{step}.png")
+        score = scorer.score(step, tmp_path / f"{step}.png")
+        assert 0 <= score["faces"] <= score["token_cells"] == 2 and 0.0 <= score["leak"] <= 1.0
+        assert score["identity"] is None or 0.0 <= score["identity"] <= lk.NO_FACE_DISTANCE
+        scorer.keep(step, {"w": __import__("torch").full((2,), float(step))})
+    g, lk_, lo = scorer.scores[3], scorer.scores[6], scorer.scores[9]
+    assert g["identity"] < 0.15 and g["leak"] == 0.0 and g["faces"] == 2
+    assert lk_["leak"] == 1.0 and lk_["identity"] < 0.3
+    assert lo["identity"] is None and lo["faces"] == 0
+    # step 6 looks alike but leaks (0.20 + 0.25 > 0.10 + 0.03); step 9 has no face: only step 3 is kept
+    assert sorted(p.name for p in (run / "likeness").glob("*.safetensors")) == ["step-000003.safetensors"]
+    assert scorer.choose()["step"] == 3
+
+    # a resumed run (from step 6) reads the stored scores instead of scoring again: the grids are gone
+    for step in (3, 6, 9):
+        (tmp_path / f"{step}.png").unlink()
+    again = Scorer(run, reference, rows, TOKEN, s)
+    again.resume(6)
+    assert again.scores == {3: g, 6: lk_}
+    assert again.score(9, tmp_path / "9.png") == lo
+    assert float(again.weights(3)["w"][0]) == 3.0
+    # other sample settings are another grid: not reused
+    changed = Scorer(run, reference, rows, TOKEN, s.model_copy(update={"sample_seeds": [7, 8]}))
+    changed.resume(9)
+    assert changed.scores == {}
+
+
+def _frames(path: Path, seconds: list[float], side: int = 640) -> list[np.ndarray]:
+    from persona.media import iter_frames
+
+    want, out = sorted(seconds), []
+    for t, rgb in iter_frames(path, 1.0):
+        if want and t >= want[0]:
+            out.append(lk._small(rgb, side))
+            want.pop(0)
+        if not want:
+            break
+    return out
+
+
+def test_real_frames_of_the_person_outrank_another_person(shared_media, tmp_path):
+    """Frames of the person as one step's samples and of another person as another step's: the
+    person's step is picked, and the person's face in a token-less row counts as a leak."""
+    man, woman = shared_media / "footage" / "latentsync_demo2.mp4", shared_media / "footage" / "latentsync_demo1.mp4"
+    ref_frames = _frames(man, [0, 2, 4, 6, 8])
+    be = fx.backend("dlib")
+    reference = {"backend": "dlib", "match_distance": be.match_distance,
+                 "embedding": lk.reference_face([be.embed(f, lk.main_face(f, be)) for f in ref_frames]).tolist()}
+    him, her = _frames(man, [12, 14]), _frames(woman, [1, 3])
+    s = resolve_settings(LoraSettings, "lora", "tiny-cpu", {"steps": 4, "sample_every": 2,
+                                                           "sample_prompts": ["a photo of {token}"]})
+    scorer = Scorer(tmp_path / "run", reference, ROWS, TOKEN, s)
+    square = [np.asarray(Image.fromarray(f).resize((512, 512))) for f in him + her]
+    grid([[square[2], square[3]], [square[0], square[0]]]).save(tmp_path / "her.png")  # her, and him leaking
+    grid([[square[0], square[1]], [square[2], square[3]]]).save(tmp_path / "him.png")
+    at_2, at_4 = scorer.score(2, tmp_path / "her.png"), scorer.score(4, tmp_path / "him.png")
+    assert at_4["identity"] < be.match_distance < at_2["identity"]
+    assert at_2["leak"] == 1.0 and at_4["leak"] == 0.0
+    assert scorer.choose()["step"] == 4
+
+
+# ---- a tiny-cpu training ---------------------------------------------------------------------------
+def test_tiny_training_scores_every_grid_and_says_why_it_fell_back(make_workspace, tmp_path):
+    from test_train_lora import write_dataset
+
+    ws = make_workspace()
+    write_dataset(ws.root / "datasets" / "images", ws.token)
+    ws.update("datasets", {"images": "datasets/images"})
+    s = resolve_settings(LoraSettings, "lora", "tiny-cpu", {"steps": 4, "sample_every": 2, "checkpoint_every": 0})
+
+    no_ref = train_lora(ws, s, force=True)
+    assert no_ref["pick"]["fallback"] and "reference_face.json" in no_ref["pick"]["reason"][0]
+    assert no_ref["pick"]["step"] == 4 and "plot" not in no_ref["pick"]
+
+    person = samples.portrait()
+    be = fx.backend("dlib")
+    write_json(ws.root / "datasets" / "images" / "reference_face.json",
+               {"backend": "dlib", "faces": 1, "match_distance": 0.55,
+                "embedding": be.embed(person, lk.main_face(person, be)).tolist()})
+    summary = train_lora(ws, s)  # the same run: only the pick is redone (its key includes the reference)
+    assert not summary["skipped"]
+    record = read_json(summary["pick"]["likeness"])
+    assert [x["step"] for x in record["steps"]] == [0, 2, 4]
+    for x in record["steps"]:
+        assert x["token_cells"] == 4 and 0 <= x["faces"] <= 4 and 0.0 <= x["leak"] <= 1.0
+        assert x["identity"] is None or 0.0 <= x["identity"] <= lk.NO_FACE_DISTANCE
+        assert len(x["distances"]) == 4 and all(len(r) == 2 for r in x["distances"])
+    assert record["chosen_step"] == 4 and record["fallback"] and "no face" in record["step_reason"]
+    assert Path(summary["pick"]["plot"]).stat().st_size > 1000
+    assert ws.pack.lora.strength == s.strength and ws.pack.lora.steps == 4
+
+    last = train_lora(ws, s, pick="last")
+    assert last["pick"]["reason"][0].startswith("--pick last") and not last["pick"]["fallback"]
+    assert json.loads(Path(last["pick"]["likeness"]).read_text())["pick"] == "last"
