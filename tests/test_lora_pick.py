@@ -129,6 +129,14 @@ def _frames(path: Path, seconds: list[float], side: int = 640) -> list[np.ndarra
     return out
 
 
+def letterbox(rgb: np.ndarray, side: int = 512) -> np.ndarray:
+    im = Image.fromarray(rgb)
+    im.thumbnail((side, side))
+    canvas = Image.new("RGB", (side, side), (128, 128, 128))
+    canvas.paste(im, ((side - im.width) // 2, (side - im.height) // 2))
+    return np.asarray(canvas)
+
+
 def test_real_frames_of_the_person_outrank_another_person(shared_media, tmp_path):
     """Frames of the person as one step's samples and of another person as another step's: the
     person's step is picked, and the person's face in a token-less row counts as a leak."""
@@ -141,7 +149,7 @@ def test_real_frames_of_the_person_outrank_another_person(shared_media, tmp_path
     s = resolve_settings(LoraSettings, "lora", "tiny-cpu", {"steps": 4, "sample_every": 2,
                                                            "sample_prompts": ["a photo of {token}"]})
     scorer = Scorer(tmp_path / "run", reference, ROWS, TOKEN, s)
-    square = [np.asarray(Image.fromarray(f).resize((512, 512))) for f in him + her]
+    square = [letterbox(f) for f in him + her]  # the footage is 9:16; samples are square
     grid([[square[2], square[3]], [square[0], square[0]]]).save(tmp_path / "her.png")  # her, and him leaking
     grid([[square[0], square[1]], [square[2], square[3]]]).save(tmp_path / "him.png")
     at_2, at_4 = scorer.score(2, tmp_path / "her.png"), scorer.score(4, tmp_path / "him.png")
