@@ -191,3 +191,46 @@ def test_tiny_training_scores_every_grid_and_says_why_it_fell_back(make_workspac
     last = train_lora(ws, s, pick="last")
     assert last["pick"]["reason"][0].startswith("--pick last") and not last["pick"]["fallback"]
     assert json.loads(Path(last["pick"]["likeness"]).read_text())["pick"] == "last"
+
+
+def test_a_picked_earlier_step_is_exported_and_its_strength_swept(make_workspace):
+    """A stored score (as a resumed run finds it) makes step 2 of 4 the only step with a face: its
+    weights are exported (the same as a 2-step run's), and the strength sweep draws it at every strength."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from test_train_lora import write_dataset
+
+    ws = make_workspace()
+    write_dataset(ws.root / "datasets" / "images", ws.token)
+    ws.update("datasets", {"images": "datasets/images"})
+    person = samples.portrait()
+    be = fx.backend("dlib")
+    write_json(ws.root / "datasets" / "images" / "reference_face.json",
+               {"backend": "dlib", "faces": 1, "match_distance": 0.55,
+                "embedding": be.embed(person, lk.main_face(person, be)).tolist()})
+    s = resolve_settings(LoraSettings, "lora", "tiny-cpu", {"steps": 4, "sample_every": 2, "checkpoint_every": 0})
+    first = train_lora(ws, s, force=True)
+    stored = Path(first["run_dir"]) / "likeness" / "step-000002.json"
+    planted_score = read_json(stored)
+    planted_score["score"]["distances"][0][0] = 0.3  # as if the first token cell had shown the person
+    planted_score["score"].update(faces=1, identity=round((0.3 + 3 * lk.NO_FACE_DISTANCE) / 4, 4))
+    write_json(stored, planted_score)
+
+    summary = train_lora(ws, s, force=True)
+    pick = summary["pick"]
+    assert pick["step"] == 2 and not pick["fallback"] and "step 2" in pick["reason"][0]
+    record = read_json(pick["likeness"])
+    assert [x["strength"] for x in record["sweep"]] == s.sweep_strengths
+    swept = {x["strength"]: x for x in record["sweep"]}
+    assert swept[1.0]["faces"] == 1 and all(swept[k]["faces"] == 0 for k in (0.6, 0.8, 1.2))  # drawn, faceless
+    assert pick["strength"] == 1.0 and ws.pack.lora.strength == 1.0 and ws.pack.lora.steps == 2
+    assert len(list((Path(first["run_dir"]) / "likeness").glob("sweep-*.json"))) == 3
+    with safe_open(summary["lora"], "pt") as f:
+        assert f.metadata()["persona.steps"] == "2"
+    exported = load_file(summary["lora"])
+
+    two = train_lora(ws, s.model_copy(update={"steps": 2}), force=True, pick="last")
+    expected = load_file(two["lora"])
+    assert exported.keys() == expected.keys()
+    for k in exported:
+        assert (exported[k] == expected[k]).all(), k
