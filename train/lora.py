@@ -245,17 +245,22 @@ class Scorer:
                              "guidance": s.sample_guidance, "reference": reference["embedding"],
                              "backend": self.backend})
         self.scores: dict[int, dict[str, Any]] = {}
+        self.gone: set[int] = set()  # scored before a resume, weights since dropped: never the pick
 
     def _stored(self, name: str) -> dict[str, Any] | None:
         stored = read_json(self.folder / f"{name}.json", None)
         return stored["score"] if stored and stored.get("id") == self.id else None
 
     def resume(self, start: int) -> None:
-        """Load the stored scores of the steps sampled before `start` (the checkpoint resumed from)."""
+        """Load the stored scores of the steps sampled up to `start` (the checkpoint resumed from).
+        A step whose weights were dropped was beyond reach of a better one, which is still kept, so
+        leaving it out of the candidates changes nothing: the pick equals an uninterrupted run's."""
         for step in range(0, start + 1):
             if (self.s.sample_every and step % self.s.sample_every == 0) or step == self.s.steps:
                 if (score := self._stored(f"step-{step:06d}")) is not None:
                     self.scores[step] = score
+                    if step > 0 and not (self.folder / f"step-{step:06d}.safetensors").exists():
+                        self.gone.add(step)
 
     def score(self, step: int, grid: str | Path) -> dict[str, Any]:
         import numpy as np
@@ -270,10 +275,12 @@ class Scorer:
             score = lk.score_cells(cells, self.with_token, self.reference, self.backend, self.match)
             write_json(self.folder / f"step-{step:06d}.json", {"id": self.id, "step": step, "score": score})
         self.scores[step] = score
+        self.gone.discard(step)
         return score
 
     def candidates(self) -> dict[int, dict[str, Any]]:
-        return {k: v for k, v in self.scores.items() if k > 0}  # step 0 is the base model: nothing to export
+        # step 0 is the base model: nothing to export
+        return {k: v for k, v in self.scores.items() if k > 0 and k not in self.gone}
 
     def keep(self, step: int, state: dict[str, Any]) -> None:
         """Save `step`'s LoRA weights if it may be picked; drop those that no longer may."""
