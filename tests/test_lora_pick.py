@@ -234,3 +234,72 @@ def test_a_picked_earlier_step_is_exported_and_its_strength_swept(make_workspace
     assert exported.keys() == expected.keys()
     for k in exported:
         assert (exported[k] == expected[k]).all(), k
+
+
+KOHYA_STAND_IN = '''
+import sys, tomllib
+from pathlib import Path
+import numpy as np, torch
+from PIL import Image
+from safetensors.torch import save_file
+from skimage import data
+args = {k: v for section in tomllib.loads(Path(sys.argv[2]).read_text()).values() for k, v in section.items()}
+assert "save_last_n_steps" not in args and "save_last_n_steps_state" in args  # step files kept, states pruned
+out, name, steps = Path(args["output_dir"]), args["output_name"], args["max_train_steps"]
+(out / "sample").mkdir(parents=True, exist_ok=True)
+lines = [ln for ln in Path(args["sample_prompts"]).read_text().splitlines() if ln.strip()]
+person, nobody = data.astronaut(), np.repeat(data.camera()[..., None], 3, axis=2)
+key = "lora_unet_double_blocks_0_img_attn_qkv"
+for step in range(1, steps + 1):
+    print(f"steps: {100 * step // steps}%| | {step}/{steps} [00:01<00:01, 1.00it/s, avr_loss=0.4]", flush=True)
+    if step % args["sample_every_n_steps"] == 0:
+        for i, line in enumerate(lines):  # the person only with the token, and only at step 2
+            face = person if step == 2 and "TestPerson" in line.split(" --")[0] else nobody
+            Image.fromarray(face).save(out / "sample" / f"{name}_{step:06d}_{i:02d}_20260101000000_{i}.png")
+    weights = {f"{key}.lora_down.weight": torch.full((4, 8), float(step)), f"{key}.alpha": torch.tensor(4.0)}
+    if step % args["save_every_n_steps"] == 0 and step < steps:
+        save_file(weights, str(out / f"{name}-step{step:08d}.safetensors"))
+save_file(weights, str(out / f"{name}.safetensors"))
+'''
+
+
+def test_kohya_samples_are_scored_and_the_picked_step_file_exported(make_workspace, tiny_models, tmp_path, own_config):
+    """sd-scripts stands in as a script writing sample images the way kohya names them (real pictures:
+    the portrait with the token at step 2, a faceless photo elsewhere) and step LoRA files."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    ws = make_workspace(name="Test Person")
+    assert ws.token == TOKEN
+    from test_train_lora import write_dataset
+
+    write_dataset(ws.root / "datasets" / "images", ws.token)
+    ws.update("datasets", {"images": "datasets/images"})
+    repo = tmp_path / "sd-scripts"
+    repo.mkdir()
+    (repo / "flux_train_network.py").write_text(KOHYA_STAND_IN)
+    flux = tmp_path / "flux"
+    shutil.copytree(tiny_models["flux"], flux)
+    (flux / "ae.safetensors").write_bytes(b"")
+    (flux / "flux1-dev.safetensors").write_bytes(b"")
+    ws.update("models", {"flux": str(flux)})
+    own_config(models={"sd-scripts": repo})
+    person = samples.portrait()
+    be = fx.backend("dlib")
+    write_json(ws.root / "datasets" / "images" / "reference_face.json",
+               {"backend": "dlib", "faces": 1, "match_distance": 0.55,
+                "embedding": be.embed(person, lk.main_face(person, be)).tolist()})
+    s = resolve_settings(LoraSettings, "lora", "tiny-cpu", {"steps": 4, "sample_every": 2, "checkpoint_every": 2,
+                                                           "sample_size": 512, "bucket_step": 64,
+                                                           "resolutions": [64, 128]})
+    summary = train_lora(ws, s, backend="kohya")
+    pick = summary["pick"]
+    assert pick["step"] == 2 and not pick["fallback"] and "kohya backend: no strength sweep" in pick["reason"][1]
+    assert float(load_file(summary["lora"])["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"][0, 0]) == 2.0
+    record = read_json(pick["likeness"])
+    assert [x["step"] for x in record["steps"]] == [2, 4] and record["steps"][0]["faces"] == 4
+    assert record["steps"][0]["identity"] < 0.1 and record["steps"][1]["identity"] is None
+    assert ws.pack.lora.steps == 2 and ws.pack.lora.strength == s.strength
+    out_dir = Path(summary["run_dir"]) / "kohya" / "output"
+    assert [p.name for p in out_dir.glob("*-step*.safetensors")] == ["persona-lora-step00000002.safetensors"]

@@ -262,7 +262,8 @@ class Scorer:
                     if step > 0 and not (self.folder / f"step-{step:06d}.safetensors").exists():
                         self.gone.add(step)
 
-    def score(self, step: int, grid: str | Path) -> dict[str, Any]:
+    def score(self, step: int, grid: str | Path | list[list[Any]]) -> dict[str, Any]:
+        """`grid`: the sample grid's PNG, or its images as rows of RGB arrays."""
         import numpy as np
         from PIL import Image
 
@@ -270,8 +271,11 @@ class Scorer:
 
         score = self._stored(f"step-{step:06d}")
         if score is None:
-            sheet = np.asarray(Image.open(grid).convert("RGB"))
-            cells = lk.grid_cells(sheet, len(self.rows), len(self.s.sample_seeds))
+            if isinstance(grid, list):
+                cells = grid
+            else:
+                sheet = np.asarray(Image.open(grid).convert("RGB"))
+                cells = lk.grid_cells(sheet, len(self.rows), len(self.s.sample_seeds))
             score = lk.score_cells(cells, self.with_token, self.reference, self.backend, self.match)
             write_json(self.folder / f"step-{step:06d}.json", {"id": self.id, "step": step, "score": score})
         self.scores[step] = score
@@ -326,11 +330,12 @@ class Scorer:
             out.append({"strength": strength, **score})
         return out
 
-    def record(self, pick: dict[str, Any], sweep: list[dict[str, Any]]) -> dict[str, Any]:
+    def record(self, pick: dict[str, Any], sweep: list[dict[str, Any]], no_sweep: str | None = None) -> dict[str, Any]:
         from persona import likeness as lk
 
-        strength = lk.pick_strength(sweep, self.s.leak_weight, self.s.strength) if sweep else \
-            {"strength": self.s.strength, "reason": f"no strength sweep: kept the recipe's strength {self.s.strength:g}"}
+        strength = lk.pick_strength(sweep, self.s.leak_weight, self.s.strength) if sweep else {
+            "strength": self.s.strength,
+            "reason": no_sweep or f"no strength sweep: kept the recipe's strength {self.s.strength:g}"}
         return {"pick": "likeness", "match_distance": self.match or lk.fx.backend(self.backend).match_distance,
                 "tolerance": self.s.pick_tolerance, "leak_weight": self.s.leak_weight, "rows": self.rows,
                 "seeds": self.s.sample_seeds, "steps": [{"step": k, **v} for k, v in sorted(self.scores.items())],
@@ -339,14 +344,12 @@ class Scorer:
                 "strength_reason": strength["reason"]}
 
 
-def fallback_record(s: LoraSettings, pick: str, backend: str, no_reference: str | None) -> dict[str, Any]:
+def fallback_record(s: LoraSettings, pick: str, no_reference: str | None) -> dict[str, Any]:
     """likeness.json when nothing was scored: the last step at the recipe's strength, and why."""
     if pick == "last":
         why = f"--pick last: exported the last step ({s.steps})"
-    elif no_reference:
-        why = f"{no_reference}; exported the last step ({s.steps})"
     else:
-        why = f"the {backend} backend's samples are not scored; exported the last step ({s.steps})"
+        why = f"{no_reference}; exported the last step ({s.steps})"
     return {"pick": pick, "steps": [], "sweep": [], "chosen_step": s.steps, "step_reason": why,
             "fallback": pick != "last", "strength": s.strength,
             "strength_reason": f"kept the recipe's strength {s.strength:g}"}
@@ -419,21 +422,21 @@ def train_lora(ws: Any, settings: LoraSettings, *, recipe: str | None = None, ba
             _record_in_pack(ws, out, summary, settings)
         return summary if is_main_process() else None
     run = run_dir(ws, key)
+    scorer = Scorer(run, reference, sample_rows(settings, ws.token), ws.token, settings) \
+        if pick == "likeness" and reference is not None and is_main_process() else None
     if backend == "native":
         from persona.train.lora_native import train_native
 
-        scorer = Scorer(run, reference, sample_rows(settings, ws.token), ws.token, settings) \
-            if pick == "likeness" and reference is not None and is_main_process() else None
         result = train_native(ws, settings, base, examples, run, key, resume, on_step, scorer)
     elif backend == "kohya":
         from persona.train.kohya import train_kohya
 
-        result = train_kohya(ws, settings, base, examples, run, resume)
+        result = train_kohya(ws, settings, base, examples, run, resume, scorer)
     else:
         raise PersonaError(f"unknown backend {backend!r}", fix="use native or kohya")
     if result is None:
         return None
-    record = result.pop("likeness", None) or fallback_record(settings, pick, backend, no_reference)
+    record = result.pop("likeness", None) or fallback_record(settings, pick, no_reference)
     chosen_step = record.get("chosen_step", settings.steps)
     meta = {"persona.base_model": found.repo or str(base), "persona.rank": str(settings.rank),
             "persona.alpha": f"{settings.alpha:g}", "persona.trigger_token": ws.token,
