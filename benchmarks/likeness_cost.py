@@ -127,9 +127,10 @@ def main() -> int:
     e = estimate(m)
     print(f"measured on this CPU (median of {args.repeats}):")
     print(f"  face detect + embed, one 1024x1024 sample image: {m['per_image_s']:.3f} s")
-    print(f"  identity at 1 fps (decode 720p + detect + embed):  {m['identity_per_video_s']:.3f} s per second of video")
-    print(f"  speaker similarity:                               {m['speaker_per_audio_s']:.3f} s per second of narration")
-    print(f"  lip-sync check (decode every frame + correlate):  {m['sync_per_video_s']:.3f} s per second of video")
+    per_second = "s per second of video"
+    print(f"  identity at 1 fps (decode 720p + detect + embed):  {m['identity_per_video_s']:.3f} {per_second}")
+    print(f"  speaker similarity:                               {m['speaker_per_audio_s']:.3f} s per second of speech")
+    print(f"  lip-sync check (decode every frame + correlate):  {m['sync_per_video_s']:.3f} {per_second}")
     print(f"train-lora: {TRAIN_STEPS} steps x {SECONDS_PER_STEP} s/step (24 GB card, assumed) = {e['train_gpu_s']:.0f} s; "
           f"{TRAIN_STEPS // SAMPLE_EVERY + 1} grids x {GRID_IMAGES} images + {SWEEP_IMAGES} sweep images = "
           f"{e['images_scored']} images x {m['per_image_s']:.3f} s = {e['train_scoring_s']:.1f} s scoring "

@@ -5,11 +5,9 @@ tiny-cpu training end to end (random weights draw no faces: the fallback must sa
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from persona import faces as fx

@@ -299,7 +299,8 @@ def train_kohya(ws: Any, s: LoraSettings, base: Path, examples: list, run: Path,
     lora, record = job["lora"], None
     if scorer is not None:
         lora, record = pick(scorer, job["out_dir"], job["name"], s)
-    return {"lora_file": str(lora), "losses": losses, **({"likeness": record} if record else {}), "samples": samples, "seconds": round(seconds, 2),
+    return {"lora_file": str(lora), "losses": losses, **({"likeness": record} if record else {}),
+            "samples": samples, "seconds": round(seconds, 2),
             "resumed_from": int(STEP_STATE.search(job["resume"].name).group(1)) if job["resume"] else None,
             "command": job["cmd"], "dataset_toml": str(job["dataset_toml"]), "args_toml": str(job["args_toml"])}
 

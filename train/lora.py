@@ -323,7 +323,8 @@ class Scorer:
             score = self._stored(name)
             if score is None and strength == 1.0 and step in self.scores:
                 dist = [row[: len(seeds)] for row in self.scores[step]["distances"]]
-                score = lk.summarise_distances(dist, self.with_token, self.match or lk.fx.backend(self.backend).match_distance)
+                match = self.match or lk.fx.backend(self.backend).match_distance
+                score = lk.summarise_distances(dist, self.with_token, match)
             if score is None:
                 score = lk.score_cells(draw(strength, seeds), self.with_token, self.reference, self.backend, self.match)
                 write_json(self.folder / f"{name}.json", {"id": self.id, "score": score})

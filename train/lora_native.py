@@ -144,7 +144,8 @@ def pick_and_sweep(scorer: Scorer, sampler: "Sampler", model, final: dict[str, t
         scaled = {k: v * strength if ".lora_B." in k else v for k, v in weights.items()}
         set_peft_model_state_dict(net, {k: v.to(sampler.acc.device) for k, v in scaled.items()})
         images = sampler.images(model, seeds)
-        return [[np.asarray(im) for im in images[r * len(seeds):(r + 1) * len(seeds)]] for r in range(len(sampler.rows))]
+        n = len(seeds)
+        return [[np.asarray(im) for im in images[r * n:(r + 1) * n]] for r in range(len(sampler.rows))]
 
     return scorer.record(pick, scorer.sweep(pick["step"], draw))
 
