@@ -163,9 +163,9 @@ def test_tiny_training_scores_every_grid_and_says_why_it_fell_back(make_workspac
     ws = make_workspace()
     write_dataset(ws.root / "datasets" / "images", ws.token)
     ws.update("datasets", {"images": "datasets/images"})
-    s = resolve_settings(LoraSettings, "lora", "tiny-cpu", {"steps": 4, "sample_every": 2, "checkpoint_every": 0})
+    s = resolve_settings(LoraSettings, "lora", "tiny-cpu", {"steps": 4, "sample_every": 2, "checkpoint_every": 2})
 
-    no_ref = train_lora(ws, s, force=True)
+    no_ref = train_lora(ws, s, force=True, resume=False)
     assert no_ref["pick"]["fallback"] and "reference_face.json" in no_ref["pick"]["reason"][0]
     assert no_ref["pick"]["step"] == 4 and "plot" not in no_ref["pick"]
 
@@ -174,8 +174,11 @@ def test_tiny_training_scores_every_grid_and_says_why_it_fell_back(make_workspac
     write_json(ws.root / "datasets" / "images" / "reference_face.json",
                {"backend": "dlib", "faces": 1, "match_distance": 0.55,
                 "embedding": be.embed(person, lk.main_face(person, be)).tolist()})
-    summary = train_lora(ws, s)  # the same run: only the pick is redone (its key includes the reference)
-    assert not summary["skipped"]
+    resumed = train_lora(ws, s)  # the same run, resumed from step 2: the pick's key includes the reference
+    assert resumed["resumed_from"] == 2 and "steps 2 were sampled before scoring was on" in resumed["pick"]["reason"][0]
+    assert [x["step"] for x in read_json(resumed["pick"]["likeness"])["steps"]] == [4]
+
+    summary = train_lora(ws, s, force=True, resume=False)  # --restart: every step scored
     record = read_json(summary["pick"]["likeness"])
     assert [x["step"] for x in record["steps"]] == [0, 2, 4]
     for x in record["steps"]:

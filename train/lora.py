@@ -246,6 +246,7 @@ class Scorer:
                              "backend": self.backend})
         self.scores: dict[int, dict[str, Any]] = {}
         self.gone: set[int] = set()  # scored before a resume, weights since dropped: never the pick
+        self.unscored: list[int] = []  # sampled before a resume without a stored score: not candidates
 
     def _stored(self, name: str) -> dict[str, Any] | None:
         stored = read_json(self.folder / f"{name}.json", None)
@@ -261,6 +262,8 @@ class Scorer:
                     self.scores[step] = score
                     if step > 0 and not (self.folder / f"step-{step:06d}.safetensors").exists():
                         self.gone.add(step)
+                elif step > 0:
+                    self.unscored.append(step)
 
     def score(self, step: int, grid: str | Path | list[list[Any]]) -> dict[str, Any]:
         """`grid`: the sample grid's PNG, or its images as rows of RGB arrays."""
@@ -337,10 +340,15 @@ class Scorer:
         strength = lk.pick_strength(sweep, self.s.leak_weight, self.s.strength) if sweep else {
             "strength": self.s.strength,
             "reason": no_sweep or f"no strength sweep: kept the recipe's strength {self.s.strength:g}"}
+        reason = pick["reason"]
+        if self.unscored:
+            reason += (f" (steps {', '.join(map(str, self.unscored))} were sampled before scoring was on, by --pick last "
+                       "or before the reference face existed, and are not candidates: --restart scores every step)")
         return {"pick": "likeness", "match_distance": self.match or lk.fx.backend(self.backend).match_distance,
                 "tolerance": self.s.pick_tolerance, "leak_weight": self.s.leak_weight, "rows": self.rows,
                 "seeds": self.s.sample_seeds, "steps": [{"step": k, **v} for k, v in sorted(self.scores.items())],
-                "chosen_step": pick["step"], "best_step": pick.get("best_step"), "step_reason": pick["reason"],
+                "unscored": self.unscored,
+                "chosen_step": pick["step"], "best_step": pick.get("best_step"), "step_reason": reason,
                 "fallback": bool(pick.get("fallback")), "sweep": sweep, "strength": strength["strength"],
                 "strength_reason": strength["reason"]}
 
