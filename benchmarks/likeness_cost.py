@@ -131,7 +131,8 @@ def main() -> int:
     print(f"  identity at 1 fps (decode 720p + detect + embed):  {m['identity_per_video_s']:.3f} {per_second}")
     print(f"  speaker similarity:                               {m['speaker_per_audio_s']:.3f} s per second of speech")
     print(f"  lip-sync check (decode every frame + correlate):  {m['sync_per_video_s']:.3f} {per_second}")
-    print(f"train-lora: {TRAIN_STEPS} steps x {SECONDS_PER_STEP} s/step (24 GB card, assumed) = {e['train_gpu_s']:.0f} s; "
+    print(f"train-lora: {TRAIN_STEPS} steps x {SECONDS_PER_STEP} s/step (24 GB card, assumed) = "
+          f"{e['train_gpu_s']:.0f} s; "
           f"{TRAIN_STEPS // SAMPLE_EVERY + 1} grids x {GRID_IMAGES} images + {SWEEP_IMAGES} sweep images = "
           f"{e['images_scored']} images x {m['per_image_s']:.3f} s = {e['train_scoring_s']:.1f} s scoring "
           f"-> {100 * e['train_share']:.2f} % of the run (target <= 5 %)")

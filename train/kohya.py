@@ -38,7 +38,7 @@ from typing import Any, Callable
 from persona.errors import PersonaError
 from persona.files import atomic_path, stat_key, write_json, write_text
 from persona.models import locate
-from persona.progress import info, meter, warn
+from persona.progress import info, meter, track, warn
 from persona.train.lora import LoraSettings, Scorer, sample_rows
 
 OPTIMIZERS = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "adafactor": "Adafactor"}
@@ -330,8 +330,9 @@ def pick(scorer: Scorer, out_dir: Path, name: str, s: LoraSettings) -> tuple[Pat
     def model(step: int) -> Path:
         return out_dir / (f"{name}.safetensors" if step == s.steps else f"{name}-step{step:08d}.safetensors")
 
-    for step, cells in sorted(sample_grids(out_dir / "sample", name, len(scorer.rows), len(s.sample_seeds)).items()):
-        scorer.score(step, cells)
+    grids = sample_grids(out_dir / "sample", name, len(scorer.rows), len(s.sample_seeds))
+    for step in track(sorted(grids), "scoring kohya's samples"):
+        scorer.score(step, grids[step])
         if step > 0 and not model(step).exists():
             scorer.gone.add(step)  # sampled but not saved (sample_every and checkpoint_every differ)
     chosen = scorer.choose()

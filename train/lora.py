@@ -319,9 +319,11 @@ class Scorer:
         own sample grid, already scored."""
         from persona import likeness as lk
 
+        from persona.progress import track
+
         seeds = self.s.sample_seeds[: self.s.sweep_seeds]
         out = []
-        for strength in self.s.sweep_strengths:
+        for strength in track(self.s.sweep_strengths, f"strength sweep (step {step})"):
             name = f"sweep-step-{step:06d}-strength-{strength:g}-seeds-{len(seeds)}"
             score = self._stored(name)
             if score is None and strength == 1.0 and step in self.scores:
