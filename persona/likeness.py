@@ -402,9 +402,9 @@ def pick_checkpoint(scores: dict[int, dict[str, Any]], last: int, tolerance: flo
     obj = {s: objective(v, leak_weight) for s, v in sorted(scores.items())}
     scored = {s: o for s, o in obj.items() if o is not None}
     if not scored:
+        what = "no face was found in the token rows of any sample grid" if scores else "no sample grid was scored"
         return {"step": last, "fallback": True,
-                "reason": f"no face was found in the token rows of any sample grid, so likeness cannot choose: "
-                          f"exported the last step ({last})"}
+                "reason": f"{what}, so likeness cannot choose: exported the last step ({last})"}
     best_step = min(scored, key=lambda s: (scored[s], s))
     best = scored[best_step]
     step = min(s for s, o in scored.items() if o <= best + tolerance + 1e-9)

@@ -49,6 +49,7 @@ def test_steps_without_a_face_are_never_picked_and_none_at_all_falls_back_to_las
     assert lk.within_reach({3: planted(None)}, 0.03, 0.25) == set()
     none = lk.pick_checkpoint({3: planted(None), 6: planted(None)}, 6, 0.03, 0.25)
     assert none["step"] == 6 and none["fallback"] and "no face" in none["reason"] and "last step (6)" in none["reason"]
+    assert "no sample grid was scored" in lk.pick_checkpoint({}, 6, 0.03, 0.25)["reason"]
 
 
 def test_strength_sweep_picks_the_lowest_score_ties_nearest_one():

@@ -318,7 +318,6 @@ class Scorer:
         `draw(strength, seeds)` returns the images (rows of RGB arrays); strength 1.0 is the step's
         own sample grid, already scored."""
         from persona import likeness as lk
-
         from persona.progress import track
 
         seeds = self.s.sample_seeds[: self.s.sweep_seeds]
