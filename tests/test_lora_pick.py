@@ -305,3 +305,36 @@ def test_kohya_samples_are_scored_and_the_picked_step_file_exported(make_workspa
     assert ws.pack.lora.steps == 2 and ws.pack.lora.strength == s.strength
     out_dir = Path(summary["run_dir"]) / "kohya" / "output"
     assert [p.name for p in out_dir.glob("*-step*.safetensors")] == ["persona-lora-step00000002.safetensors"]
+
+
+def test_scaling_b_is_the_adapter_strength(tiny_models):
+    """The strength sweep scales the LoRA's B matrices; that must equal what render does with
+    diffusers' `set_adapters(..., weights=[strength])`."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+    from peft import LoraConfig, set_peft_model_state_dict
+
+    from persona.train.lora import TARGET_MODULES
+    from persona.train.lora_native import flux_forward, lora_state
+
+    torch.manual_seed(0)
+    model = FluxTransformer2DModel.from_pretrained(str(tiny_models["flux"]), subfolder="transformer")
+    model.add_adapter(LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian", target_modules=TARGET_MODULES))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)  # trained B: not the zeros it starts from
+    state = lora_state(model)
+    x, t = torch.randn(1, 4, 8, 8), torch.tensor([0.5])
+    embeds, pooled = torch.randn(1, 5, 32), torch.randn(1, 32)
+
+    def out() -> torch.Tensor:
+        with torch.no_grad():
+            return flux_forward(model, x, t, embeds, pooled, 1.0)
+
+    full = out()
+    set_peft_model_state_dict(model, {k: v * 0.6 if ".lora_B." in k else v for k, v in state.items()})
+    scaled_b = out()
+    set_peft_model_state_dict(model, state)
+    model.set_adapters(["default"], weights=[0.6])
+    torch.testing.assert_close(scaled_b, out(), rtol=1e-5, atol=1e-5)
+    assert (scaled_b - full).abs().max() > 1e-3  # the strength did change the output
