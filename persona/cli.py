@@ -255,16 +255,21 @@ def ingest(ctx: Ctx, footage: tuple[Path, ...], faces: tuple[Path, ...], voices:
               help="Continue from the last checkpoint of this run (the default when one exists; --resume fails "
                    "without one) or start over.")
 @click.option("--force", is_flag=True, help="Train again even if the LoRA is up to date with these settings and data.")
+@click.option("--pick", type=click.Choice(["likeness", "last"]), default="likeness", show_default=True,
+              help="likeness: export the sampled step that looks most like the person (the earliest within "
+                   "tolerance of the best) and record the best strength; last: the final step at the recipe's strength.")
 @json_option
 @click.pass_obj
 def train_lora(ctx: Ctx, recipe: str | None, steps: int | None, rank: int | None, lr: float | None,
-               resolutions: tuple[int, ...], backend: str, resume: bool | None, force: bool, as_json: bool) -> None:
+               resolutions: tuple[int, ...], backend: str, resume: bool | None, force: bool, pick: str,
+               as_json: bool) -> None:
     """Train the persona's FLUX.1-dev LoRA from the image dataset (`persona ingest`).
 
     Latents and text embeddings are cached first; sample grids (with and without the trigger token,
-    fixed seeds) and checkpoints are written every N steps under runs/lora/; the LoRA goes to
-    lora/NAME-flux-rRANK.safetensors and into persona.toml's [lora]. Works under
-    `accelerate launch` with several processes.
+    fixed seeds) and checkpoints are written every N steps under runs/lora/; each grid is scored
+    against the reference face, and the step and strength that look most like the person go to
+    lora/NAME-flux-rRANK.safetensors and persona.toml's [lora] (runs/lora/RUN/likeness.json and
+    likeness.png say why). Works under `accelerate launch` with several processes.
 
     \b
     Examples:
@@ -280,7 +285,7 @@ def train_lora(ctx: Ctx, recipe: str | None, steps: int | None, rank: int | None
     ws = ctx.workspace()
     overrides = {"steps": steps, "rank": rank, "lr": lr, "resolutions": list(resolutions) or None}
     settings, name = resolve(recipe, overrides)
-    summary = train(ws, settings, recipe=name, backend=backend, resume=resume, force=force)
+    summary = train(ws, settings, recipe=name, backend=backend, resume=resume, force=force, pick=pick)
     if summary is not None:  # None on the other processes of `accelerate launch`
         emit(summary, as_json)
 

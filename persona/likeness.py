@@ -335,3 +335,151 @@ def _plot(scenes: list[dict[str, Any]], match: float, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+# ---- train-lora: scoring sample grids and picking the checkpoint and strength -----------------
+# A token cell without a face counts as this far from the reference: clearly another person (dlib
+# measured 0.65-1.01 between different people, NOTES.md), so a step that loses the face scores badly
+# without one missing cell hiding the others.
+NO_FACE_DISTANCE = 1.0
+
+
+def grid_cells(sheet: np.ndarray, rows: int, cols: int) -> list[list[np.ndarray]]:
+    """The cells of a sample grid (rows x cols images of equal size) as RGB arrays, row by row."""
+    h, w = sheet.shape[0] // rows, sheet.shape[1] // cols
+    return [[sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] for c in range(cols)] for r in range(rows)]
+
+
+def score_cells(cells: list[list[np.ndarray]], with_token: list[bool], reference: np.ndarray,
+                backend: str = "dlib", match: float | None = None) -> dict[str, Any]:
+    """Identity and leak of one sample grid (rows of cells; `with_token[r]`: row r's prompt has the token).
+
+    identity: mean distance to the reference over the token cells, a cell without a face counted as
+    NO_FACE_DISTANCE; None when no token cell has a face. leak: the share of token-less cells whose
+    face is within the match threshold (the likeness appearing without being asked for).
+    """
+    match = fx.backend(backend).match_distance if match is None else match
+    return summarise_distances([face_distances(row, reference, backend) for row in cells], with_token, match)
+
+
+def summarise_distances(dist: list[list[float | None]], with_token: list[bool], match: float) -> dict[str, Any]:
+    """`score_cells`' result from the per-cell distances (rows of cells, None: no face)."""
+    token = [d for row, t in zip(dist, with_token) if t for d in row]
+    plain = [d for row, t in zip(dist, with_token) if not t for d in row]
+    found = [d for d in token if d is not None]
+    identity = float(np.mean([NO_FACE_DISTANCE if d is None else d for d in token])) if found else None
+    leaked = sum(d is not None and d < match for d in plain)
+    return {"distances": [[_round(d) for d in row] for row in dist], "faces": len(found), "token_cells": len(token),
+            "identity": _round(identity), "leak": round(leaked / len(plain), 4) if plain else 0.0}
+
+
+def objective(score: dict[str, Any], leak_weight: float) -> float | None:
+    """What the pick minimises: identity distance plus `leak_weight` times the leak share."""
+    if score.get("identity") is None:
+        return None
+    return float(score["identity"]) + leak_weight * float(score.get("leak") or 0.0)
+
+
+def within_reach(scores: dict[int, dict[str, Any]], tolerance: float, leak_weight: float) -> set[int]:
+    """Steps that may still be picked whatever later steps score: those within `tolerance` of the
+    best so far (a later, better step only lowers the bar, so a step beyond it now never returns)."""
+    obj = {s: objective(v, leak_weight) for s, v in scores.items()}
+    known = [o for o in obj.values() if o is not None]
+    if not known:
+        return set()  # a step without a face is never picked
+    bar = min(known) + tolerance
+    return {s for s, o in obj.items() if o is not None and o <= bar + 1e-9}
+
+
+def pick_checkpoint(scores: dict[int, dict[str, Any]], last: int, tolerance: float,
+                    leak_weight: float) -> dict[str, Any]:
+    """The step to export: the earliest whose objective is within `tolerance` of the best (an
+    overtraining guard: a later step barely better is more likely memorising the dataset).
+
+    `scores` maps candidate steps to `score_cells` results; `last` is the final step, the fallback
+    when no candidate has a face. Returns {"step", "reason", "fallback"?, "best_step"?}.
+    """
+    obj = {s: objective(v, leak_weight) for s, v in sorted(scores.items())}
+    scored = {s: o for s, o in obj.items() if o is not None}
+    if not scored:
+        what = "no face was found in the token rows of any sample grid" if scores else "no sample grid was scored"
+        return {"step": last, "fallback": True,
+                "reason": f"{what}, so likeness cannot choose: exported the last step ({last})"}
+    best_step = min(scored, key=lambda s: (scored[s], s))
+    best = scored[best_step]
+    step = min(s for s, o in scored.items() if o <= best + tolerance + 1e-9)
+    sc = scores[step]
+    leak = f", leak {sc.get('leak', 0.0):.0%} of token-less images" if leak_weight else ""
+    why = f"step {step}: identity distance {sc['identity']:.3f} ({sc['faces']}/{sc['token_cells']} faces){leak}"
+    if step == best_step:
+        why += f", the best of {len(scored)} scored steps"
+    else:
+        why += (f"; the best was step {best_step} ({best:.3f}), and the earliest step within {tolerance:g} of it "
+                "is kept (guards against overtraining)")
+    return {"step": step, "best_step": best_step, "reason": why}
+
+
+def pick_strength(sweep: list[dict[str, Any]], leak_weight: float, default: float) -> dict[str, Any]:
+    """The strength to record: the lowest objective in the sweep (ties: the one nearest 1.0).
+
+    `sweep` holds {"strength", **score_cells(...)} per strength; `default` is kept when no face was found."""
+    scored = [(objective(s, leak_weight), s) for s in sweep]
+    scored = [(o, s) for o, s in scored if o is not None]
+    if not scored:
+        return {"strength": default, "fallback": True,
+                "reason": f"no face in the strength sweep: kept the recipe's strength {default:g}"}
+    o, best = min(scored, key=lambda x: (round(x[0], 6), abs(x[1]["strength"] - 1.0)))
+    swept = ", ".join(f"{s['strength']:g}" for s in sweep)
+    return {"strength": best["strength"],
+            "reason": f"strength {best['strength']:g}: identity distance {best['identity']:.3f}, "
+                      f"leak {best.get('leak', 0.0):.0%} (swept {swept})"}
+
+
+def plot_training(record: dict[str, Any], path: str | Path) -> Path:
+    """`likeness.png` of a LoRA run: identity distance and leak per sample step (the chosen step
+    marked, the match threshold drawn) and, beside it, the strength sweep."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: a file only
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    match = record.get("match_distance", fx.backend("dlib").match_distance)
+    fig, (ax, sw) = plt.subplots(1, 2, figsize=(11, 3.6), dpi=100, gridspec_kw={"width_ratios": [3, 1]})
+    steps = sorted(record.get("steps", []), key=lambda s: s["step"])
+    pts = [(s["step"], s["identity"]) for s in steps if s.get("identity") is not None]
+    if pts:
+        ax.plot(*zip(*pts), "o-", ms=4, color="tab:blue", label="identity distance (token rows)")
+    missing = [s["step"] for s in steps if s.get("identity") is None]
+    if missing:
+        ax.plot(missing, [0.02] * len(missing), "x", color="tab:red", ms=5, label="no face")
+    ax.axhline(match, color="tab:orange", ls="--", lw=1, label=f"match threshold {match:.2f}")
+    chosen = record.get("chosen_step")
+    if chosen is not None:
+        ax.axvline(chosen, color="tab:green", lw=1.5, label=f"chosen step {chosen}")
+    ax.set_ylim(0, max([NO_FACE_DISTANCE * 1.05] + [d * 1.1 for _, d in pts]))
+    ax.set_xlabel("training step")
+    ax.set_ylabel("identity distance (lower is closer)")
+    leak_ax = ax.twinx()
+    if steps:
+        leak_ax.plot([s["step"] for s in steps], [100 * (s.get("leak") or 0.0) for s in steps], "s:", ms=3,
+                     color="tab:purple", label="leak (token-less rows)")
+    leak_ax.set_ylim(0, 105)
+    leak_ax.set_ylabel("leak (% of token-less images)")
+    lines = ax.get_legend_handles_labels(), leak_ax.get_legend_handles_labels()
+    ax.legend(lines[0][0] + lines[1][0], lines[0][1] + lines[1][1], fontsize=7, loc="upper right")
+    sweep = sorted(record.get("sweep", []), key=lambda s: s["strength"])
+    spts = [(s["strength"], s["identity"]) for s in sweep if s.get("identity") is not None]
+    if spts:
+        sw.plot(*zip(*spts), "o-", color="tab:blue")
+    sw.axhline(match, color="tab:orange", ls="--", lw=1)
+    if record.get("strength") is not None and sweep:
+        sw.axvline(record["strength"], color="tab:green", lw=1.5)
+    sw.set_ylim(0, max([NO_FACE_DISTANCE * 1.05] + [d * 1.1 for _, d in spts]))
+    sw.set_xlabel(f"strength (step {chosen})" if chosen is not None else "strength")
+    sw.set_title("strength sweep" if sweep else "no strength sweep", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

@@ -17,6 +17,12 @@ natively run with `--fp8_base` and their `kohya_blocks_to_swap`, as kohya's docs
 
 Its LoRA keeps kohya's `lora_unet_*` key names (ComfyUI reads them natively; diffusers converts
 them for the full-size FLUX.1) and gets persona's metadata added.
+
+With `--pick likeness` its sample images (`output/sample/NAME_STEP_INDEX_TIME_SEED.png`, one per
+line of the prompt file, as `flux_train_utils.sample_image_inference` names them) are scored after
+the run, and the step LoRA files (`NAME-stepNNNNNNNN.safetensors`) are all kept until the pick is
+made (no `save_last_n_steps`; the resumable states are still pruned), so the candidates are the
+steps that are both sampled and saved. There is no strength sweep: the model is not in this process.
 """
 
 from __future__ import annotations
@@ -32,11 +38,12 @@ from typing import Any, Callable
 from persona.errors import PersonaError
 from persona.files import atomic_path, stat_key, write_json, write_text
 from persona.models import locate
-from persona.progress import info, meter, warn
-from persona.train.lora import LoraSettings, sample_rows
+from persona.progress import info, meter, track, warn
+from persona.train.lora import LoraSettings, Scorer, sample_rows
 
 OPTIMIZERS = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "adafactor": "Adafactor"}
 STEP_STATE = re.compile(r"-step(\d{8})-state$")
+SAMPLE_NAME = re.compile(r"_(\d{6})_(\d{2})_\d{14}(?:_\d+)?\.png$")
 PROGRESS = re.compile(r"steps:\s+\d+%.*?\|\s*(\d+)/(\d+)\s*\[([^\]]*)\]")
 
 
@@ -105,8 +112,9 @@ def dataset_config(image_dir: Path, s: LoraSettings) -> dict[str, Any]:
 
 
 def arguments(s: LoraSettings, files: dict[str, str], dataset_toml: Path, out_dir: Path, name: str,
-              prompts: Path, resume_state: Path | None) -> dict[str, Any]:
-    """kohya's arguments TOML, section by section (sections are only for reading; kohya flattens them)."""
+              prompts: Path, resume_state: Path | None, keep_models: bool = False) -> dict[str, Any]:
+    """kohya's arguments TOML, section by section (sections are only for reading; kohya flattens them).
+    keep_models: keep every step's LoRA file (the candidates of --pick likeness)."""
     fp8 = s.base_precision in ("fp8", "nf4")
     optimizer_args = [f"weight_decay={s.weight_decay}"]
     if s.optimizer == "adafactor":
@@ -126,7 +134,8 @@ def arguments(s: LoraSettings, files: dict[str, str], dataset_toml: Path, out_di
                               "save_state": True}
     if s.checkpoint_every:
         saving["save_every_n_steps"] = s.checkpoint_every
-        saving["save_last_n_steps"] = s.checkpoint_every * s.keep_checkpoints
+        if not keep_models:
+            saving["save_last_n_steps"] = s.checkpoint_every * s.keep_checkpoints
         saving["save_last_n_steps_state"] = s.checkpoint_every * s.keep_checkpoints
     if resume_state is not None:
         saving["resume"] = str(resume_state)
@@ -217,7 +226,7 @@ def latest_state(out_dir: Path) -> Path | None:
 
 
 def prepare(ws: Any, s: LoraSettings, base: Path, examples: list, run: Path, resume: bool | None,
-            rows: list[str]) -> dict[str, Any]:
+            rows: list[str], keep_models: bool = False) -> dict[str, Any]:
     """Write everything sd-scripts needs under run/kohya/; returns the paths and the command line."""
     repo = locate("sd-scripts", models=ws.pack.models)
     work = run / "kohya"
@@ -246,16 +255,16 @@ def prepare(ws: Any, s: LoraSettings, base: Path, examples: list, run: Path, res
 
     write_text(dataset_toml, tomlkit.dumps(dataset_config(images, s)))
     write_text(prompts, sample_prompts(rows, s))
-    write_text(args_toml, tomlkit.dumps(arguments(s, files, dataset_toml, out_dir, name, prompts, state)))
+    write_text(args_toml, tomlkit.dumps(arguments(s, files, dataset_toml, out_dir, name, prompts, state, keep_models)))
     cmd = command(python_for(repo), args_toml, s)
-    return {"repo": repo, "cmd": cmd, "out_dir": out_dir, "lora": out_dir / f"{name}.safetensors", "resume": state,
+    return {"repo": repo, "cmd": cmd, "out_dir": out_dir, "name": name, "lora": out_dir / f"{name}.safetensors",
+            "resume": state,
             "dataset_toml": dataset_toml, "args_toml": args_toml}
 
 
 def train_kohya(ws: Any, s: LoraSettings, base: Path, examples: list, run: Path,
-                resume: bool | None) -> dict[str, Any]:
-
-    job = prepare(ws, s, base, examples, run, resume, sample_rows(s, ws.token))
+                resume: bool | None, scorer: Scorer | None = None) -> dict[str, Any]:
+    job = prepare(ws, s, base, examples, run, resume, sample_rows(s, ws.token), keep_models=scorer is not None)
     if job["resume"] is not None:
         info(f"resuming sd-scripts from {job['resume'].name}; --restart starts over")
     info(f"running sd-scripts in {job['repo']}: {' '.join(job['cmd'])}")
@@ -287,6 +296,49 @@ def train_kohya(ws: Any, s: LoraSettings, base: Path, examples: list, run: Path,
     samples = sorted(str(p) for p in (job["out_dir"] / "sample").glob("*.png"))
     seconds = time.perf_counter() - t0
     write_json(run / "kohya" / "losses.json", losses)
-    return {"lora_file": str(job["lora"]), "losses": losses, "samples": samples, "seconds": round(seconds, 2),
+    lora, record = job["lora"], None
+    if scorer is not None:
+        lora, record = pick(scorer, job["out_dir"], job["name"], s)
+    return {"lora_file": str(lora), "losses": losses, **({"likeness": record} if record else {}),
+            "samples": samples, "seconds": round(seconds, 2),
             "resumed_from": int(STEP_STATE.search(job["resume"].name).group(1)) if job["resume"] else None,
             "command": job["cmd"], "dataset_toml": str(job["dataset_toml"]), "args_toml": str(job["args_toml"])}
+
+
+# ---- --pick likeness -------------------------------------------------------------------------------
+def sample_grids(folder: Path, name: str, rows: int, seeds: int) -> dict[int, list[list[Any]]]:
+    """kohya's sample images as grids per step: image i of a step is prompt-file line i, that is row
+    i // seeds, seed i % seeds (see `sample_prompts`). A step missing an image is left out; of
+    several images of one line (a resumed run draws them again) the newest is used."""
+    import numpy as np
+    from PIL import Image
+
+    found: dict[int, dict[int, Path]] = {}
+    for p in sorted(folder.glob(f"{name}_*.png")):  # the timestamp sorts: later files replace earlier
+        if m := SAMPLE_NAME.search(p.name):
+            found.setdefault(int(m.group(1)), {})[int(m.group(2))] = p
+    grids = {}
+    for step, images in found.items():
+        if all(i in images for i in range(rows * seeds)):
+            cells = [np.asarray(Image.open(images[i]).convert("RGB")) for i in range(rows * seeds)]
+            grids[step] = [cells[r * seeds:(r + 1) * seeds] for r in range(rows)]
+    return grids
+
+
+def pick(scorer: Scorer, out_dir: Path, name: str, s: LoraSettings) -> tuple[Path, dict[str, Any]]:
+    """Score the run's sample grids, pick among the steps that have a LoRA file, drop the others."""
+    def model(step: int) -> Path:
+        return out_dir / (f"{name}.safetensors" if step == s.steps else f"{name}-step{step:08d}.safetensors")
+
+    grids = sample_grids(out_dir / "sample", name, len(scorer.rows), len(s.sample_seeds))
+    for step in track(sorted(grids), "scoring kohya's samples"):
+        scorer.score(step, grids[step])
+        if step > 0 and not model(step).exists():
+            scorer.gone.add(step)  # sampled but not saved (sample_every and checkpoint_every differ)
+    chosen = scorer.choose()
+    record = scorer.record(chosen, [], no_sweep="kohya backend: no strength sweep (its model is not in this "
+                                                f"process); kept the recipe's strength {s.strength:g}")
+    for old in out_dir.glob(f"{name}-step*.safetensors"):
+        if old != model(chosen["step"]):
+            old.unlink(missing_ok=True)  # the choice is made: only the chosen step's file is still needed
+    return model(chosen["step"]), record

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from persona.config import list_recipes, load_recipe, resolve_settings
 from persona.errors import PersonaError
-from persona.files import atomic_path, hash_json, is_fresh, mark_fresh, read_json, record_path
+from persona.files import atomic_path, hash_json, is_fresh, mark_fresh, read_json, record_path, write_json
 from persona.lock import locked
 from persona.device import fits, gpu_memory
 from persona.models import locate_entry
@@ -84,7 +84,15 @@ class LoraSettings(BaseModel):
     checkpoint_every: int = Field(250, ge=0, description="0: never")
     keep_checkpoints: int = Field(2, ge=1)
     save_precision: Literal["fp32", "bf16"] = "bf16"
-    strength: float = Field(1.0, ge=0, le=2, description="the default strength recorded in persona.toml")
+    strength: float = Field(1.0, ge=0, le=2, description="the strength recorded in persona.toml with --pick last "
+                                                         "(or when likeness cannot choose)")
+    pick_tolerance: float = Field(0.03, ge=0, description="--pick likeness exports the earliest sampled step whose "
+                                                          "score is within this of the best (identity distance units)")
+    leak_weight: float = Field(0.25, ge=0, description="score = identity distance + leak_weight x share of "
+                                                       "token-less samples that look like the person")
+    sweep_strengths: list[float] = Field(default_factory=lambda: [0.6, 0.8, 1.0, 1.2], min_length=1,
+                                         description="strengths tried on the chosen step (--pick likeness)")
+    sweep_seeds: int = Field(1, ge=1, description="how many of sample_seeds the strength sweep draws per prompt row")
     kohya_blocks_to_swap: int = Field(0, ge=0, le=35)
     kohya_t5xxl: str | None = Field(None, description="T5-XXL as one .safetensors file, for --backend kohya")
     kohya_args: dict[str, Any] = Field(default_factory=dict, description="extra sd-scripts options")
@@ -111,6 +119,8 @@ class LoraSettings(BaseModel):
             raise ValueError(f"sample_size {self.sample_size} must be a multiple of 16")
         if self.base_precision == "bf16" and self.mixed_precision != "bf16":
             raise ValueError("base_precision bf16 needs mixed_precision bf16")
+        if any(not 0 <= x <= 2 for x in self.sweep_strengths):
+            raise ValueError(f"sweep_strengths {self.sweep_strengths} must lie in 0..2 (persona.toml's strength range)")
         return self
 
     def trajectory(self) -> dict[str, Any]:
@@ -118,7 +128,7 @@ class LoraSettings(BaseModel):
         step's samples are split into micro-batches: see the native trainer's docstring)."""
         skip = {"sample_every", "sample_size", "sample_steps", "sample_guidance", "sample_seeds", "sample_prompts",
                 "checkpoint_every", "keep_checkpoints", "strength", "vram_gb", "save_precision", "batch_size",
-                "gradient_accumulation"}
+                "gradient_accumulation", "pick_tolerance", "leak_weight", "sweep_strengths", "sweep_seeds"}
         return self.model_dump(exclude=skip)
 
 
@@ -201,6 +211,173 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+# ---- picking the step and strength by likeness ------------------------------------------------------
+def read_reference(ws: Any, images: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The reference face ingest stored beside the image dataset, or why there is none."""
+    path = ws.path(images) / "reference_face.json"
+    record = read_json(path, None)
+    if record is None or not record.get("embedding"):
+        return None, (f"there is no reference face ({ws.relative(path)}: the dataset was ingested before likeness "
+                      "scoring existed; `persona ingest` again writes it)")
+    return record, None
+
+
+class Scorer:
+    """Scores each sample grid against the reference face as it is drawn, through `persona.likeness`,
+    and keeps the LoRA weights of every step that may still be picked (`runs/lora/<run>/likeness/`).
+
+    Scores are stored per step as they are computed, so a resumed run reuses them and ends with the
+    same choice. Candidate weights are the LoRA alone (no optimizer), saved at sample steps whatever
+    `checkpoint_every` and `keep_checkpoints` say, and dropped as soon as a better step puts them
+    beyond the tolerance (`persona.likeness.within_reach`).
+    """
+
+    def __init__(self, run: Path, reference: dict[str, Any], rows: list[str], token: str, s: LoraSettings):
+        import numpy as np
+
+        self.folder, self.rows, self.s = run / "likeness", rows, s
+        self.reference = np.asarray(reference["embedding"], np.float32)
+        self.backend = reference.get("backend", "dlib")
+        self.match = reference.get("match_distance")
+        self.with_token = [token in r for r in rows]
+        # A stored score is reused only for the same grid (sample settings are not part of the run key).
+        self.id = hash_json({"rows": rows, "seeds": s.sample_seeds, "size": s.sample_size, "steps": s.sample_steps,
+                             "guidance": s.sample_guidance, "reference": reference["embedding"],
+                             "backend": self.backend})
+        self.scores: dict[int, dict[str, Any]] = {}
+        self.gone: set[int] = set()  # scored before a resume, weights since dropped: never the pick
+        self.unscored: list[int] = []  # sampled before a resume without a stored score: not candidates
+
+    def _stored(self, name: str) -> dict[str, Any] | None:
+        stored = read_json(self.folder / f"{name}.json", None)
+        return stored["score"] if stored and stored.get("id") == self.id else None
+
+    def resume(self, start: int) -> None:
+        """Load the stored scores of the steps sampled up to `start` (the checkpoint resumed from).
+        A step whose weights were dropped was beyond reach of a better one, which is still kept, so
+        leaving it out of the candidates changes nothing: the pick equals an uninterrupted run's."""
+        for step in range(0, start + 1):
+            if (self.s.sample_every and step % self.s.sample_every == 0) or step == self.s.steps:
+                if (score := self._stored(f"step-{step:06d}")) is not None:
+                    self.scores[step] = score
+                    if step > 0 and not (self.folder / f"step-{step:06d}.safetensors").exists():
+                        self.gone.add(step)
+                elif step > 0:
+                    self.unscored.append(step)
+
+    def score(self, step: int, grid: str | Path | list[list[Any]]) -> dict[str, Any]:
+        """`grid`: the sample grid's PNG, or its images as rows of RGB arrays."""
+        import numpy as np
+        from PIL import Image
+
+        from persona import likeness as lk
+
+        score = self._stored(f"step-{step:06d}")
+        if score is None:
+            if isinstance(grid, list):
+                cells = grid
+            else:
+                sheet = np.asarray(Image.open(grid).convert("RGB"))
+                cells = lk.grid_cells(sheet, len(self.rows), len(self.s.sample_seeds))
+            score = lk.score_cells(cells, self.with_token, self.reference, self.backend, self.match)
+            write_json(self.folder / f"step-{step:06d}.json", {"id": self.id, "step": step, "score": score})
+        self.scores[step] = score
+        self.gone.discard(step)
+        return score
+
+    def candidates(self) -> dict[int, dict[str, Any]]:
+        # step 0 is the base model: nothing to export
+        return {k: v for k, v in self.scores.items() if k > 0 and k not in self.gone}
+
+    def keep(self, step: int, state: dict[str, Any]) -> None:
+        """Save `step`'s LoRA weights if it may be picked; drop those that no longer may."""
+        from safetensors.torch import save_file
+
+        from persona import likeness as lk
+
+        reach = lk.within_reach(self.candidates(), self.s.pick_tolerance, self.s.leak_weight)
+        if step in reach:
+            with atomic_path(self.folder / f"step-{step:06d}.safetensors") as tmp:
+                save_file(state, str(tmp))
+        for old in self.folder.glob("step-*.safetensors"):
+            if int(old.stem.split("-")[1]) not in reach:
+                old.unlink(missing_ok=True)
+
+    def choose(self) -> dict[str, Any]:
+        from persona import likeness as lk
+
+        return lk.pick_checkpoint(self.candidates(), self.s.steps, self.s.pick_tolerance, self.s.leak_weight)
+
+    def weights(self, step: int) -> dict[str, Any]:
+        from safetensors.torch import load_file
+
+        return load_file(str(self.folder / f"step-{step:06d}.safetensors"))
+
+    def sweep(self, step: int, draw: Callable[[float, list[int]], list[list[Any]]]) -> list[dict[str, Any]]:
+        """Score `step` at each of sweep_strengths: every prompt row, the first sweep_seeds seeds.
+        `draw(strength, seeds)` returns the images (rows of RGB arrays); strength 1.0 is the step's
+        own sample grid, already scored."""
+        from persona import likeness as lk
+        from persona.progress import track
+
+        seeds = self.s.sample_seeds[: self.s.sweep_seeds]
+        out = []
+        for strength in track(self.s.sweep_strengths, f"strength sweep (step {step})"):
+            name = f"sweep-step-{step:06d}-strength-{strength:g}-seeds-{len(seeds)}"
+            score = self._stored(name)
+            if score is None and strength == 1.0 and step in self.scores:
+                dist = [row[: len(seeds)] for row in self.scores[step]["distances"]]
+                match = self.match or lk.fx.backend(self.backend).match_distance
+                score = lk.summarise_distances(dist, self.with_token, match)
+            if score is None:
+                score = lk.score_cells(draw(strength, seeds), self.with_token, self.reference, self.backend, self.match)
+                write_json(self.folder / f"{name}.json", {"id": self.id, "score": score})
+            out.append({"strength": strength, **score})
+        return out
+
+    def record(self, pick: dict[str, Any], sweep: list[dict[str, Any]], no_sweep: str | None = None) -> dict[str, Any]:
+        from persona import likeness as lk
+
+        strength = lk.pick_strength(sweep, self.s.leak_weight, self.s.strength) if sweep else {
+            "strength": self.s.strength,
+            "reason": no_sweep or f"no strength sweep: kept the recipe's strength {self.s.strength:g}"}
+        reason = pick["reason"]
+        if self.unscored:
+            reason += (f" (steps {', '.join(map(str, self.unscored))} were sampled before scoring was on, by --pick last "
+                       "or before the reference face existed, and are not candidates: --restart scores every step)")
+        return {"pick": "likeness", "match_distance": self.match or lk.fx.backend(self.backend).match_distance,
+                "tolerance": self.s.pick_tolerance, "leak_weight": self.s.leak_weight, "rows": self.rows,
+                "seeds": self.s.sample_seeds, "steps": [{"step": k, **v} for k, v in sorted(self.scores.items())],
+                "unscored": self.unscored,
+                "chosen_step": pick["step"], "best_step": pick.get("best_step"), "step_reason": reason,
+                "fallback": bool(pick.get("fallback")), "sweep": sweep, "strength": strength["strength"],
+                "strength_reason": strength["reason"]}
+
+
+def fallback_record(s: LoraSettings, pick: str, no_reference: str | None) -> dict[str, Any]:
+    """likeness.json when nothing was scored: the last step at the recipe's strength, and why."""
+    if pick == "last":
+        why = f"--pick last: exported the last step ({s.steps})"
+    else:
+        why = f"{no_reference}; exported the last step ({s.steps})"
+    return {"pick": pick, "steps": [], "sweep": [], "chosen_step": s.steps, "step_reason": why,
+            "fallback": pick != "last", "strength": s.strength,
+            "strength_reason": f"kept the recipe's strength {s.strength:g}"}
+
+
+def write_record(run: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Write likeness.json (and likeness.png when anything was scored); the summary's `pick`."""
+    from persona import likeness as lk
+
+    path = write_json(run / "likeness.json", record)
+    out = {"method": record["pick"], "step": record["chosen_step"], "strength": record["strength"],
+           "fallback": record.get("fallback", False), "reason": [record["step_reason"], record["strength_reason"]],
+           "likeness": str(path)}
+    if record["steps"]:
+        out["plot"] = str(lk.plot_training(record, run / "likeness.png"))
+    return out
+
+
 KOHYA_BUCKET_MULTIPLE = 64  # sd-scripts rejects FLUX bucket_reso_steps that are not multiples of 64
 
 
@@ -214,13 +391,14 @@ def check_backend(settings: LoraSettings, backend: str) -> None:
 
 @locked("train-lora")
 def train_lora(ws: Any, settings: LoraSettings, *, recipe: str | None = None, backend: str = "native",
-               resume: bool | None = None, force: bool = False,
+               resume: bool | None = None, force: bool = False, pick: Literal["likeness", "last"] = "likeness",
                on_step: Callable[..., None] | None = None) -> dict[str, Any] | None:
     """Train (or find up to date) the persona's LoRA and record it in persona.toml's [lora].
 
     resume: None resumes from a checkpoint of the same run if there is one, True insists on one,
-    False starts over. Returns the summary on the main process and None on the others (under
-    `accelerate launch`).
+    False starts over. pick: "likeness" exports the sampled step that looks most like the person
+    and records the best strength (see `Scorer`), "last" the final step at the recipe's strength.
+    Returns the summary on the main process and None on the others (under `accelerate launch`).
     """
     from persona.train import lora_data as data
 
@@ -241,28 +419,38 @@ def train_lora(ws: Any, settings: LoraSettings, *, recipe: str | None = None, ba
     key = hash_json({"settings": settings.trajectory(), "dataset": dhash, "base": str(base), "backend": backend,
                      "samples_per_step": settings.batch_size * settings.gradient_accumulation * world_size()})
     out = output_path(ws, settings)
-    if not force and is_fresh(out, key):
+    reference, no_reference = read_reference(ws, images)
+    # The run (its folder and checkpoints) depends on the trajectory; the exported file also on the pick.
+    out_key = hash_json({"run": key, "pick": pick, **({
+        "reference": reference and reference["embedding"], "tolerance": settings.pick_tolerance,
+        "leak_weight": settings.leak_weight, "strengths": settings.sweep_strengths, "sweep_seeds": settings.sweep_seeds,
+    } if pick == "likeness" else {})})
+    if not force and is_fresh(out, out_key):
         summary = {**read_json(record_path(out))["summary"], "skipped": True}
         if is_main_process():
             info(f"{ws.relative(out)} is up to date with these settings and this dataset (--force trains again)")
             _record_in_pack(ws, out, summary, settings)
         return summary if is_main_process() else None
     run = run_dir(ws, key)
+    scorer = Scorer(run, reference, sample_rows(settings, ws.token), ws.token, settings) \
+        if pick == "likeness" and reference is not None and is_main_process() else None
     if backend == "native":
         from persona.train.lora_native import train_native
 
-        result = train_native(ws, settings, base, examples, run, key, resume, on_step)
+        result = train_native(ws, settings, base, examples, run, key, resume, on_step, scorer)
     elif backend == "kohya":
         from persona.train.kohya import train_kohya
 
-        result = train_kohya(ws, settings, base, examples, run, resume)
+        result = train_kohya(ws, settings, base, examples, run, resume, scorer)
     else:
         raise PersonaError(f"unknown backend {backend!r}", fix="use native or kohya")
     if result is None:
         return None
+    record = result.pop("likeness", None) or fallback_record(settings, pick, no_reference)
+    chosen_step = record.get("chosen_step", settings.steps)
     meta = {"persona.base_model": found.repo or str(base), "persona.rank": str(settings.rank),
             "persona.alpha": f"{settings.alpha:g}", "persona.trigger_token": ws.token,
-            "persona.steps": str(settings.steps), "persona.dataset_hash": dhash, "persona.backend": backend,
+            "persona.steps": str(chosen_step), "persona.dataset_hash": dhash, "persona.backend": backend,
             "persona.resolutions": ",".join(map(str, settings.resolutions)), "persona.name": ws.name}
     if "state_dict" in result:
         tensors = diffusers_lora(result.pop("state_dict"), settings.alpha, settings.save_precision)
@@ -275,16 +463,22 @@ def train_lora(ws: Any, settings: LoraSettings, *, recipe: str | None = None, ba
                "resolutions": settings.resolutions, "images": len(examples), "dataset_hash": dhash,
                "captions_without_token": added, "final_loss": round(losses[-1], 6) if losses else None,
                "mean_loss_last_10": round(sum(losses[-10:]) / len(losses[-10:]), 6) if losses else None,
-               "run_dir": str(run), "skipped": False, **result}
-    mark_fresh(out, key, summary=summary, losses=losses)
+               "run_dir": str(run), "skipped": False, **result,
+               "pick": write_record(run, record)}
+    mark_fresh(out, out_key, summary=summary, losses=losses)
     _record_in_pack(ws, out, summary, settings)
-    info(f"wrote {ws.relative(out)} ({settings.steps} steps, rank {settings.rank}); [lora] updated in persona.toml")
+    info(f"wrote {ws.relative(out)} (step {chosen_step} of {settings.steps}, rank {settings.rank}, strength "
+         f"{summary['pick']['strength']:g}); [lora] updated in persona.toml")
+    for line in summary["pick"]["reason"]:
+        info(f"  {line}")
     return summary
 
 
 def _record_in_pack(ws: Any, out: Path, summary: dict[str, Any], settings: LoraSettings) -> None:
-    ws.update("lora", {"path": ws.relative(out), "base": summary["base"], "strength": settings.strength,
-                       "rank": settings.rank, "alpha": settings.alpha, "steps": settings.steps,
+    chosen = summary.get("pick") or {}
+    ws.update("lora", {"path": ws.relative(out), "base": summary["base"],
+                       "strength": chosen.get("strength", settings.strength), "rank": settings.rank,
+                       "alpha": settings.alpha, "steps": chosen.get("step", settings.steps),
                        "backend": summary["backend"]})
 
 

@@ -38,11 +38,14 @@ from persona.files import atomic_path, hash_json, staged_dir, write_json
 from persona.models import load_weights
 from persona.progress import info, meter, warn
 from persona.train import lora_data as data
-from persona.train.lora import TARGET_MODULES, LoraSettings, sample_rows
+from persona.train.lora import TARGET_MODULES, LoraSettings, Scorer, sample_rows
 
 
 def train_native(ws: Any, s: LoraSettings, base: Path, examples: list[data.Example], run: Path, key: str,
-                 resume: bool | None, on_step: Callable[..., None] | None = None) -> dict[str, Any] | None:
+                 resume: bool | None, on_step: Callable[..., None] | None = None,
+                 scorer: Scorer | None = None) -> dict[str, Any] | None:
+    """Train; with a `scorer` (main process, --pick likeness) score every sample grid, then return the
+    weights of the step it picks and the strength sweep's record under "likeness"."""
     from accelerate import Accelerator
 
     cpu = not torch.cuda.is_available()
@@ -81,6 +84,10 @@ def train_native(ws: Any, s: LoraSettings, base: Path, examples: list[data.Examp
     sampler = Sampler(base, s, d["cache"], d["rows"], d["text_id"], acc, run / "samples", compute) \
         if acc.is_main_process else None
     samples = [sampler.grid(model, 0)] if sampler and s.sample_every and start == 0 else []
+    if scorer is not None:
+        scorer.resume(start)
+        if samples:
+            scorer.score(0, samples[0])
 
     t0 = time.perf_counter()
     with (meter("train-lora", s.steps, completed=start) if acc.is_main_process else contextlib.nullcontext()) as bar:
@@ -96,18 +103,51 @@ def train_native(ws: Any, s: LoraSettings, base: Path, examples: list[data.Examp
                                 s.keep_checkpoints)
             if sampler and ((s.sample_every and step % s.sample_every == 0) or step == s.steps):
                 samples.append(sampler.grid(model, step))
+                if scorer is not None:
+                    scorer.score(step, samples[-1])
+                    scorer.keep(step, lora_state(acc.unwrap_model(model)))
             acc.wait_for_everyone()
             if on_step is not None:
                 on_step(step=step, loss=loss)
     seconds = time.perf_counter() - t0
     state = lora_state(acc.unwrap_model(model))
+    record = None
+    if scorer is not None and sampler is not None:
+        record = pick_and_sweep(scorer, sampler, model, state, s)
+        if record["chosen_step"] != s.steps:
+            state = scorer.weights(record["chosen_step"])
     acc.wait_for_everyone()
     main = acc.is_main_process
     acc.end_training()
     if not main:
         return None
     return {"state_dict": state, "losses": losses, "samples": samples, "resumed_from": start or None,
-            "seconds": round(seconds, 2), "steps_per_s": round((s.steps - start) / max(seconds, 1e-9), 3), **run_info}
+            "seconds": round(seconds, 2), "steps_per_s": round((s.steps - start) / max(seconds, 1e-9), 3), **run_info,
+            **({"likeness": record} if record else {})}
+
+
+def pick_and_sweep(scorer: Scorer, sampler: "Sampler", model, final: dict[str, torch.Tensor],
+                   s: LoraSettings) -> dict[str, Any]:
+    """The step to export by likeness, then its strength: the LoRA's B matrices scaled by the
+    strength give exactly the adapter weight that `set_adapters(..., [strength])` applies at render
+    time (the LoRA's output is B·A·x·alpha/rank), so the sweep needs no second adapter."""
+    import numpy as np
+    from peft import set_peft_model_state_dict
+
+    pick = scorer.choose()
+    if pick.get("fallback"):
+        return scorer.record(pick, [])
+    weights = final if pick["step"] == s.steps else scorer.weights(pick["step"])
+    net = sampler.acc.unwrap_model(model)
+
+    def draw(strength: float, seeds: list[int]) -> list[list[np.ndarray]]:
+        scaled = {k: v * strength if ".lora_B." in k else v for k, v in weights.items()}
+        set_peft_model_state_dict(net, {k: v.to(sampler.acc.device) for k, v in scaled.items()})
+        images = sampler.images(model, seeds)
+        n = len(seeds)
+        return [[np.asarray(im) for im in images[r * n:(r + 1) * n]] for r in range(len(sampler.rows))]
+
+    return scorer.record(pick, scorer.sweep(pick["step"], draw))
 
 
 def prepare_data(acc, ws: Any, s: LoraSettings, base: Path, examples: list[data.Example],
@@ -395,8 +435,24 @@ class Sampler:
         self._vae = None
 
     def grid(self, model, step: int) -> str:
-        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
         from PIL import Image
+
+        images = self.images(model, self.s.sample_seeds)
+        size = self.s.sample_size
+        cols = len(self.s.sample_seeds)
+        sheet = Image.new("RGB", (cols * size, len(self.rows) * size), "white")
+        for i, im in enumerate(images):
+            sheet.paste(im, ((i % cols) * size, (i // cols) * size))
+        out = self.folder / f"step-{step:06d}.png"
+        with atomic_path(out) as tmp:
+            sheet.save(tmp, format="PNG")
+        write_json(out.with_suffix(".json"),
+                   {"step": step, "rows": self.rows, "seeds": self.s.sample_seeds, "size": size})
+        return str(out)
+
+    def images(self, model, seeds: list[int]) -> list:
+        """One PIL image per (row, seed), row by row, with the LoRA as it is now."""
+        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
 
         if self._vae is None:
             self._vae = AutoencoderKL.from_pretrained(str(self.base), subfolder="vae", dtype=self.dtype)
@@ -413,7 +469,7 @@ class Sampler:
                 for key in self.keys:
                     text = {k: v[None].to(self.acc.device, self.dtype)
                             for k, v in data.load_cached(self.cache.text(key)).items()}
-                    for seed in self.s.sample_seeds:
+                    for seed in seeds:
                         images.append(pipe(prompt_embeds=text["prompt_embeds"],
                                            pooled_prompt_embeds=text["pooled_prompt_embeds"],
                                            height=size, width=size, num_inference_steps=self.s.sample_steps,
@@ -421,13 +477,4 @@ class Sampler:
                                            generator=torch.Generator("cpu").manual_seed(seed)).images[0])
         finally:
             net.train()
-        cols = len(self.s.sample_seeds)
-        sheet = Image.new("RGB", (cols * size, len(self.rows) * size), "white")
-        for i, im in enumerate(images):
-            sheet.paste(im, ((i % cols) * size, (i // cols) * size))
-        out = self.folder / f"step-{step:06d}.png"
-        with atomic_path(out) as tmp:
-            sheet.save(tmp, format="PNG")
-        write_json(out.with_suffix(".json"),
-                   {"step": step, "rows": self.rows, "seeds": self.s.sample_seeds, "size": size})
-        return str(out)
+        return images
