@@ -1,0 +1,142 @@
+"""The diffusers engine draws keyframes from the single files in a ComfyUI models folder
+([models] comfyui): tiny FLUX parts saved as ComfyUI holds them (BFL names, a GGUF, ae.safetensors,
+clip_l / t5xxl files), with the tokenizers of the real ComfyUI 0.8.0 in ../shared/comfyui."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import comfyui_server
+from persona.comfy_files import ComfyModels, comfy_models, flux_files, resolve_flux
+from persona.errors import PersonaError
+from persona.files import read_json
+
+SCRIPT = Path(__file__).parent / "data" / "three_scenes.json"
+
+pytestmark = pytest.mark.skipif(not (comfyui_server.SHARED_COMFYUI / "comfy" / "sd1_tokenizer").is_dir(),
+                                reason=f"ComfyUI's tokenizers not found under {comfyui_server.SHARED_COMFYUI} "
+                                       "(../shared/comfyui is absent on this machine)")
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory, tiny_models) -> dict[str, Path]:
+    from comfy_single_files import build_comfyui_flux
+
+    return build_comfyui_flux(tmp_path_factory.mktemp("comfy-single"), tiny_models["flux"])
+
+
+def _copy_tree(comfy: dict[str, Path], dest: Path) -> ComfyModels:
+    """A ComfyUI install of its own (a test may add or remove files), the comfy/ link kept."""
+    install = dest / "ComfyUI"
+    shutil.copytree(comfy["install"], install, symlinks=True)
+    return ComfyModels(install / "models", install)
+
+
+def _draw(pipe, seed: int = 0) -> np.ndarray:
+    import torch
+
+    return pipe("the presenter at a whiteboard", width=32, height=32, num_inference_steps=2, guidance_scale=3.5,
+                max_sequence_length=32, generator=torch.Generator("cpu").manual_seed(seed), output_type="np").images[0]
+
+
+def test_parts_are_told_apart_by_their_tensors_not_their_names(comfy, tmp_path):
+    c = _copy_tree(comfy, tmp_path)
+    # misleading names: a LoRA named like a transformer, a pickle named like the VAE
+    lora = c.models / "diffusion_models" / "flux1-dev-lora.safetensors"
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(4, 32)}, str(lora))
+    (c.models / "vae" / "ae.ckpt").write_bytes(b"not read")
+    files = flux_files(c)
+    assert files.transformer.name == "flux1-dev.safetensors" and files.vae.name == "ae.safetensors"
+    assert (files.clip_l.name, files.t5.name) == ("clip_l.safetensors", "t5xxl_fp16.safetensors")
+    assert files.clip_tokenizer == c.install / "comfy/sd1_tokenizer"
+
+
+def test_a_missing_part_names_the_folder_and_the_file_expected(comfy, tmp_path):
+    c = _copy_tree(comfy, tmp_path)
+    (c.models / "vae" / "ae.safetensors").rename(c.models / "vae" / "ae.ckpt")
+    with pytest.raises(PersonaError) as e:
+        flux_files(c)
+    line = str(e.value)
+    assert "\n" not in line and "no FLUX VAE in vae/" in line and "ae.ckpt" in line and "pickle" in line
+    assert str(c.models / "vae") in line and "ae.safetensors" in line
+
+
+def test_a_models_folder_outside_an_install_says_where_the_tokenizers_are(comfy, tmp_path, own_config):
+    models = tmp_path / "just-models"
+    shutil.copytree(comfy["models"], models)
+    own_config(models={"comfyui": models})
+    c = comfy_models()
+    assert c == ComfyModels(models, tmp_path)
+    with pytest.raises(PersonaError, match=r"tokenizer is not at .*comfy/sd1_tokenizer.*inside a ComfyUI install"):
+        flux_files(c)
+
+
+def test_the_install_folder_is_accepted_as_well_as_its_models_folder(comfy, own_config):
+    own_config(models={"comfyui": comfy["install"]})
+    assert comfy_models() == ComfyModels(comfy["models"], comfy["install"])
+
+
+def test_single_files_draw_exactly_what_the_same_weights_draw_in_diffusers_layout(comfy):
+    from diffusers import FluxPipeline
+
+    from persona.inference.memory import load_pipeline
+    from persona.inference.plan import Memory
+    from persona.inference.single_file import load_flux_single_files
+
+    single = load_flux_single_files(flux_files(ComfyModels(comfy["models"], comfy["install"])), Memory())
+    reference = load_pipeline(FluxPipeline, comfy["reference"], Memory())
+    np.testing.assert_array_equal(_draw(single), _draw(reference))
+
+
+def test_a_gguf_transformer_stays_quantised_and_draws_nearly_the_same(comfy):
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    from persona.inference.plan import Memory
+    from persona.inference.single_file import load_flux_single_files
+
+    c = ComfyModels(comfy["models"], comfy["install"])
+    pipe = load_flux_single_files(flux_files(c, comfy["gguf"]), Memory())
+    weight = pipe.transformer.single_transformer_blocks[0].attn.to_q.weight
+    assert isinstance(weight, GGUFParameter) and weight.quant_type.name == "Q8_0"
+    exact = load_flux_single_files(flux_files(c), Memory())
+    a, b = _draw(pipe), _draw(exact)
+    assert not np.array_equal(a, b) and np.abs(a - b).mean() < 0.01  # 8-bit weights: close, not equal
+
+
+def test_render_draws_keyframes_from_the_comfyui_folder_and_keys_them_by_its_files(pack, comfy, tmp_path, own_config):
+    from persona.inference.render import render
+
+    pack.update("models", {k: v for k, v in pack.pack.models.items() if k != "flux"}, replace=True)
+    c = _copy_tree(comfy, tmp_path)
+    own_config(models={"comfyui": c.models})
+    shutil.copy(comfy["gguf"], c.models / "diffusion_models")  # two transformers: the rule picks one, said once
+    assert resolve_flux(pack.pack.models).transformer.name == "flux1-dev-Q8_0.gguf"
+
+    def run():
+        return render(pack, None, script_file=SCRIPT, profile="demo", until="keyframes", name="single")
+
+    first = run()
+    record = read_json(Path(first["render"]) / "render.json")["stages"]["keyframes"]
+    assert record["flux"].startswith("flux1-dev-Q8_0.gguf, ae.safetensors") and record["rendered"]
+    assert all((Path(first["render"]) / f"scenes/{n:02d}/keyframe.png").exists() for n in (1, 2, 3))
+    assert not read_json(Path(run()["render"]) / "render.json")["stages"]["keyframes"]["rendered"]  # all fresh
+
+    # [models] flux naming a file picks that transformer; another model is another cache key
+    own_config(models={"flux": c.models / "diffusion_models" / "flux1-dev.safetensors"})
+    again = read_json(Path(run()["render"]) / "render.json")["stages"]["keyframes"]
+    assert again["flux"].startswith("flux1-dev.safetensors") and len(again["rendered"]) == 3
+
+
+def test_without_flux_or_a_comfyui_folder_the_error_names_both_ways(pack):
+    from persona.inference.render import render
+
+    pack.update("models", {k: v for k, v in pack.pack.models.items() if k != "flux"}, replace=True)
+    with pytest.raises(PersonaError, match=r"FLUX.1-dev.*not found.*hf download.*\[models\] comfyui"):
+        render(pack, None, script_file=SCRIPT, profile="demo", until="keyframes", name="none")
