@@ -388,6 +388,22 @@ def test_doctor_reports_what_a_comfyui_server_lacks(server):
     assert report["url"] == server.url and "talking" in report["stages"]
     humo = next(m for m in report["stages"]["talking"] if m["mode"] == "humo")
     assert humo["ready"] and all(m["found"] for m in humo["models"])
+    # the verdict says, per render stage, which engine runs it: here the server has every model file
+    can = json.loads(out.stdout)["verdict"]["can"]
+    assert any(c.startswith("render: keyframes on ") and f"ComfyUI at {server.url} (keyframe)" in c for c in can), can
+    assert f"render: talking on ComfyUI at {server.url} (s2v, humo)" in can
+
+    # one model file less: the verdict names what the server lacks
+    vae = server.models / "vae" / cg.ROLES["wan_vae"].default
+    vae.rename(vae.with_suffix(".moved"))
+    try:
+        out = CliRunner().invoke(cli, ["doctor", "--json", "--comfyui-url", server.url])
+    finally:
+        vae.with_suffix(".moved").rename(vae)
+    verdict = json.loads(out.stdout)["verdict"]
+    if not json.loads(out.stdout)["system"]["gpu"]["available"]:
+        video = next(c for c in verdict["cannot"] if c.startswith("render: video"))
+        assert f"ComfyUI at {server.url} lacks models/vae/{cg.ROLES['wan_vae'].default}" in video
 
 
 # -- persona render --engine comfyui -------------------------------------------------------------

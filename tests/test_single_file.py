@@ -140,3 +140,31 @@ def test_without_flux_or_a_comfyui_folder_the_error_names_both_ways(pack):
     pack.update("models", {k: v for k, v in pack.pack.models.items() if k != "flux"}, replace=True)
     with pytest.raises(PersonaError, match=r"FLUX.1-dev.*not found.*hf download.*\[models\] comfyui"):
         render(pack, None, script_file=SCRIPT, profile="demo", until="keyframes", name="none")
+
+
+def test_doctor_finds_flux_in_the_comfyui_folder_and_says_which_engine_draws_keyframes(comfy, own_config):
+    from persona import doctor
+
+    own_config(models={"comfyui": comfy["models"]})
+    report = doctor.diagnose(None, [{"url": "http://127.0.0.1:9", "reachable": False, "error": "unreachable"}])
+    flux = next(m for m in report["models"] if m["key"] == "flux")
+    assert flux["found"] and flux["source"] == "[models] comfyui"
+    assert flux["path"] == "flux1-dev.safetensors, ae.safetensors, clip_l.safetensors, t5xxl_fp16.safetensors"
+    lines = report["verdict"]["can"] + report["verdict"]["cannot"]
+    keyframes = next(c for c in lines if c.startswith("render: keyframes"))
+    assert "flux" not in keyframes.split("unreachable")[0].replace("render: keyframes", "")  # FLUX is not missing
+    assert "ComfyUI at http://127.0.0.1:9 is unreachable" in keyframes
+    if not report["system"]["gpu"]["available"]:
+        assert keyframes.startswith("render: keyframes: this machine needs a GPU with >= 12 GB;")
+    talking = next(c for c in lines if c.startswith("render: talking"))
+    assert "diffusers has no audio-driven video model" in talking
+
+
+def test_doctor_shows_why_the_comfyui_folder_cannot_give_flux(comfy, tmp_path, own_config):
+    from persona import doctor
+
+    c = _copy_tree(comfy, tmp_path)
+    (c.models / "text_encoders" / "t5xxl_fp16.safetensors").unlink()
+    own_config(models={"comfyui": c.models})
+    flux = next(m for m in doctor.diagnose()["models"] if m["key"] == "flux")
+    assert not flux["found"] and "no T5-XXL text encoder in text_encoders/ or clip/" in flux["single_files"]["problem"]
