@@ -105,12 +105,13 @@ def diagnose(workspace: Any | None = None, comfyui: list[dict[str, Any]] | None 
         bundled.append({"title": title, "stages": [stage], "found": path is not None, "path": str(path) if path else None,
                         "fetch": None if path else f"pip install {package.replace('_', '-')}"})
     flux_files = _comfy_flux(models_table)
-    if flux_files is not None:  # FLUX's single files in the ComfyUI models folder also make keyframes
+    if flux_files is not None:  # FLUX's single files in the ComfyUI models folder draw keyframes (not train-lora)
         flux = next(m for m in models if m["key"] == "flux")
         flux["single_files"] = flux_files
-        if flux_files["found"] and not flux["found"]:
-            flux.update(found=True, path=flux_files["files"], source="[models] comfyui", fetch=None, problems=[])
-        elif not flux_files["found"] and not flux["found"]:
+        if flux_files["found"]:
+            comfy = next(m for m in models if m["key"] == "comfyui")
+            comfy["path"] = f"{comfy['path']} (FLUX for keyframes: {flux_files['files']})"
+        elif not flux["found"]:
             flux["problems"] = [*flux["problems"], f"[models] comfyui: {flux_files['problem']}"]
     report = {"system": system, "models": models, "bundled": bundled,
               "verdict": _verdict(gpu, models, bundled, comfyui or [])}
@@ -177,6 +178,9 @@ def _verdict(gpu: dict[str, Any], models: list[dict[str, Any]], bundled: list[di
         "ingest: caption images with Florence-2" + ("" if "florence2" in have else " (token-only captions instead)"))
     (can if {"whisper", "align-en"} <= have else cannot).append(
         "ingest: transcribe voice clips" + ("" if {"whisper", "align-en"} <= have else " (clips stay untranscribed)"))
+    # keyframes also run from FLUX's single files in the ComfyUI models folder
+    if any(m["key"] == "flux" and (m.get("single_files") or {}).get("found") for m in models):
+        have = have | {"flux"}
     vram = gpu.get("vram_gb") or 0
     for stage, need in GPU_STAGES.items():
         gpu_ok = bool(gpu.get("available")) and not (vram and vram < need)
