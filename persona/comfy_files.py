@@ -16,6 +16,7 @@ transformer explicitly. Only .safetensors/.sft and .gguf files are read: pickled
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -92,11 +93,15 @@ def is_t5(s: Shapes) -> bool:
             and "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight" not in s)
 
 
+def _t5_width(s: Shapes) -> int:
+    return (s.get("shared.weight") or s.get("encoder.embed_tokens.weight") or (0, 0))[1]
+
+
 @dataclass(frozen=True)
 class Part:
     title: str
     folders: tuple[str, ...]
-    matches: object  # Callable[[Shapes], bool]
+    matches: Callable[[Shapes], bool]
     prefer: str  # regex on the file name: the usual name wins when several files fit
     example: str
     gguf: bool = False  # diffusers quantises transformers from GGUF; the other parts load from safetensors
@@ -127,8 +132,10 @@ class ComfyModels:
                                fix="set [models] comfyui to the models folder inside a ComfyUI install (.../ComfyUI/models)")
         return folder
 
-    def pick(self, part: Part) -> Path:
-        """The file in the part's folders whose tensors are that part's (see the module's rule)."""
+    def pick(self, part: Part, fits_with: Callable[[Shapes], bool] | None = None) -> Path:
+        """The file in the part's folders whose tensors are that part's, and fit `fits_with` (the
+        widths the transformer takes); see the module's rule for several. A file that cannot be read
+        (a partial download) is skipped, and named if nothing fits."""
         fits, ignored = [], []
         for name in part.folders:
             folder = self.models / name
@@ -136,15 +143,21 @@ class ComfyModels:
                 continue
             for f in sorted(p for p in folder.rglob("*") if p.is_file()):
                 if f.suffix.lower() in WEIGHT_SUFFIXES and (part.gguf or f.suffix.lower() != ".gguf"):
-                    if part.matches(tensor_shapes(f)):
+                    try:
+                        shapes = tensor_shapes(f)
+                    except PersonaError:
+                        ignored.append(f"{f.name} (unreadable)")
+                        continue
+                    if part.matches(shapes) and (fits_with is None or fits_with(shapes)):
                         fits.append(f)
                 elif f.suffix.lower() in PICKLE_SUFFIXES:
-                    ignored.append(f.name)
+                    ignored.append(f"{f.name} (pickle files are never loaded)")
         where = " or ".join(f"{n}/" for n in part.folders)
         if not fits:
-            skipped = f"; skipped {', '.join(ignored)} (pickle files are never loaded)" if ignored else ""
+            skipped = f"; skipped {', '.join(ignored)}" if ignored else ""
             kinds = "a .safetensors or .gguf file" if part.gguf else "a .safetensors file"
-            raise PersonaError(f"no {part.title} in {where} ({kinds}){skipped}", file=self.models,
+            widths = " that fits the transformer" if fits_with is not None else ""
+            raise PersonaError(f"no {part.title}{widths} in {where} ({kinds}){skipped}", file=self.models,
                                fix=f"put {part.example} in {self.models / part.folders[0]}")
         fits.sort(key=lambda f: (re.search(part.prefer, f.name, re.IGNORECASE) is None, f.relative_to(self.models).as_posix()))
         if len(fits) > 1:
@@ -196,11 +209,16 @@ def flux_files(comfy: ComfyModels, transformer: Path | None = None) -> FluxFiles
     if transformer is not None and not is_flux_transformer(tensor_shapes(transformer)):
         raise PersonaError("is not a FLUX.1 text-to-image transformer (no BFL double_blocks, or extra input channels)",
                            file=transformer, fix="point [models] flux at flux1-dev.safetensors or a FLUX.1-dev GGUF")
+    transformer = transformer or comfy.pick(FLUX_PARTS["transformer"])
+    t = tensor_shapes(transformer)
+    # the parts whose widths the transformer takes: CLIP-L's pooled output (not CLIP-G's), T5's states,
+    # the VAE's latent channels (FLUX packs 2x2 latent pixels into one token)
+    pooled, text, channels = t["vector_in.in_layer.weight"][1], t["txt_in.weight"][1], t["img_in.weight"][1]
     return FluxFiles(
-        transformer=transformer or comfy.pick(FLUX_PARTS["transformer"]),
-        vae=comfy.pick(FLUX_PARTS["vae"]),
-        clip_l=comfy.pick(FLUX_PARTS["clip_l"]),
-        t5=comfy.pick(FLUX_PARTS["t5"]),
+        transformer=transformer,
+        vae=comfy.pick(FLUX_PARTS["vae"], lambda s: 4 * s["decoder.conv_in.weight"][1] == channels),
+        clip_l=comfy.pick(FLUX_PARTS["clip_l"], lambda s: s["text_model.embeddings.token_embedding.weight"][1] == pooled),
+        t5=comfy.pick(FLUX_PARTS["t5"], lambda s: _t5_width(s) == text),
         clip_tokenizer=comfy.tokenizer("clip_l"),
         t5_tokenizer=comfy.tokenizer("t5"),
     )

@@ -47,11 +47,16 @@ def test_parts_are_told_apart_by_their_tensors_not_their_names(comfy, tmp_path):
     c = _copy_tree(comfy, tmp_path)
     # misleading names: a LoRA named like a transformer, a pickle named like the VAE
     lora = c.models / "diffusion_models" / "flux1-dev-lora.safetensors"
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import load_file, save_file
 
     save_file({"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(4, 32)}, str(lora))
     (c.models / "vae" / "ae.ckpt").write_bytes(b"not read")
+    (c.models / "diffusion_models" / "flux1-dev-.safetensors").write_bytes(b"\x10\x00")  # a partial download
+    # a CLIP of another width (as CLIP-G beside CLIP-L), first by name: the transformer's pooled width rules it out
+    wide = load_file(str(c.models / "text_encoders/clip_l.safetensors"))
+    save_file({k: torch.zeros(*v.shape[:-1], 2 * v.shape[-1]) if v.ndim and v.shape[-1] == 32 else v
+               for k, v in wide.items()}, str(c.models / "text_encoders/clip_l-wide.safetensors"))
     files = flux_files(c)
     assert files.transformer.name == "flux1-dev.safetensors" and files.vae.name == "ae.safetensors"
     assert (files.clip_l.name, files.t5.name) == ("clip_l.safetensors", "t5xxl_fp16.safetensors")
@@ -64,7 +69,7 @@ def test_a_missing_part_names_the_folder_and_the_file_expected(comfy, tmp_path):
     with pytest.raises(PersonaError) as e:
         flux_files(c)
     line = str(e.value)
-    assert "\n" not in line and "no FLUX VAE in vae/" in line and "ae.ckpt" in line and "pickle" in line
+    assert "\n" not in line and "no FLUX VAE that fits the transformer in vae/" in line and "ae.ckpt" in line and "pickle" in line
     assert str(c.models / "vae") in line and "ae.safetensors" in line
 
 
@@ -169,4 +174,4 @@ def test_doctor_shows_why_the_comfyui_folder_cannot_give_flux(comfy, tmp_path, o
     (c.models / "text_encoders" / "t5xxl_fp16.safetensors").unlink()
     own_config(models={"comfyui": c.models})
     flux = next(m for m in doctor.diagnose()["models"] if m["key"] == "flux")
-    assert not flux["found"] and "no T5-XXL text encoder in text_encoders/ or clip/" in flux["single_files"]["problem"]
+    assert not flux["found"] and "no T5-XXL text encoder that fits the transformer in text_encoders/ or clip/" in flux["single_files"]["problem"]
