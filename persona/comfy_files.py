@@ -229,7 +229,8 @@ def resolve_flux(models: dict[str, str] | None = None) -> Path | FluxFiles | Non
 
     A `flux` setting the user made (flag, persona.toml, environment, user config) wins: a folder is a
     diffusers layout, a file is a single-file transformer whose other parts come from [models]
-    comfyui. Then the ComfyUI folder, when one is configured; then the Hugging Face cache."""
+    comfyui. Then the ComfyUI folder, when one is configured; then the Hugging Face cache (also when the
+    ComfyUI folder lacks a part, which is said)."""
     found = find("flux", models=models)
     chosen = found is not None and found.source != "hf-cache" and not found.problems
     if chosen and found.path.is_dir():
@@ -242,5 +243,10 @@ def resolve_flux(models: dict[str, str] | None = None) -> Path | FluxFiles | Non
                                fix=f'set [models] comfyui = "/path/to/ComfyUI/models" in {user_config_path()}')
         return flux_files(comfy, found.path)
     if comfy is not None:
-        return flux_files(comfy)
+        try:
+            return flux_files(comfy)
+        except PersonaError as e:
+            if found is None or found.problems:
+                raise
+            warn(f"{e}; drawing keyframes with the Hugging Face cache's FLUX instead", once=True)
     return found.path if found is not None and not found.problems else None

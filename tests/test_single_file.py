@@ -175,3 +175,30 @@ def test_doctor_shows_why_the_comfyui_folder_cannot_give_flux(comfy, tmp_path, o
     own_config(models={"comfyui": c.models})
     flux = next(m for m in doctor.diagnose()["models"] if m["key"] == "flux")
     assert not flux["found"] and "no T5-XXL text encoder that fits the transformer in text_encoders/ or clip/" in flux["single_files"]["problem"]
+
+
+def test_where_flux_comes_from(comfy, tmp_path, own_config, monkeypatch, tiny_models, capsys):
+    """A flux folder the user set > the ComfyUI folder > the Hugging Face cache, which also stands in
+    (said once) when the ComfyUI folder lacks a part."""
+    import huggingface_hub.constants as hf
+
+    from test_models import _fake_hf_snapshot
+
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    cached = _fake_hf_snapshot(tmp_path / "hub", "black-forest-labs/FLUX.1-dev",
+                               ["model_index.json", "transformer/config.json", "vae/config.json"])
+    assert resolve_flux() == cached
+    single = comfy["models"] / "diffusion_models/flux1-dev.safetensors"
+    with pytest.raises(PersonaError, match=r"names a single file.*\[models\] comfyui ="):
+        resolve_flux({"flux": str(single)})  # a transformer alone: where would its VAE come from?
+    c = _copy_tree(comfy, tmp_path)
+    own_config(models={"comfyui": c.models})
+    assert resolve_flux().transformer == c.models / "diffusion_models/flux1-dev.safetensors"
+    assert resolve_flux({"flux": str(tiny_models["flux"])}) == tiny_models["flux"]  # a pack's diffusers folder
+    (c.models / "vae/ae.safetensors").unlink()
+    capsys.readouterr()
+    assert resolve_flux() == cached
+    assert "no FLUX VAE" in capsys.readouterr().err.replace("\n", " ")
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(PersonaError, match="no FLUX VAE"):
+        resolve_flux()
