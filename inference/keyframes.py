@@ -116,7 +116,10 @@ class KeyframeStage(Stage):
             image.save(tmp, format="PNG")
         return {"seed": seed, "prompt": prompt}
 
+    def flux_files(self) -> str:
+        """What draws the keyframes, for render.json: the diffusers folder, or the single files."""
+        return self.flux.describe() if isinstance(self.flux, FluxFiles) else str(self.flux)
+
     def summary(self, job: RenderJob) -> dict[str, Any]:
-        flux = self.flux.describe() if isinstance(self.flux, FluxFiles) else str(self.flux)
-        return {"seeds": {s.label: self.seed(job, s) for s in self.scenes(job)}, "flux": flux,
+        return {"seeds": {s.label: self.seed(job, s) for s in self.scenes(job)}, "flux": self.flux_files(),
                 "lora": str(self.lora) if self.lora else None, "lora_strength": self.strength}

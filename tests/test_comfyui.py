@@ -472,6 +472,21 @@ def test_talking_scenes_go_to_the_audio_driven_model_on_the_server(server, pack,
     assert not scene.path("video.mp4").exists()
 
 
+def test_the_keyframe_record_names_the_server_files(server, pack, tmp_path):
+    from persona.inference.comfy_stages import ComfyKeyframeStage
+    from persona.inference.plan import RenderDir
+    from persona.inference.render import load_settings
+    from persona.inference.stage import RenderJob
+
+    settings = load_settings("demo", {"engine": "comfyui", "comfyui": {"urls": [server.url]}})
+    job = RenderJob(pack, settings, RenderDir(tmp_path, []))
+    stage = ComfyKeyframeStage(job, [])
+    try:
+        assert stage.summary(job)["flux"] == ", ".join(cg.ROLES[r].default for r in ComfyKeyframeStage.ROLES)
+    finally:
+        stage.servers.close()
+
+
 def test_a_talking_scene_needs_the_comfyui_engine(pack, tmp_path):
     from persona.inference.render import render
 
