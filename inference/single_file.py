@@ -100,13 +100,41 @@ def _config_dir(root: Path, name: str, config: dict[str, Any]) -> Path:
 
 def _transformers_model(cls: Any, file: Path, config: dict[str, Any], root: Path, name: str, dtype: Any) -> Any:
     """A transformers model from a single safetensors file in Hugging Face names: the file is linked
-    beside its derived config, and from_pretrained reads both (no copy of the weights)."""
-    if "scaled_fp8" in tensor_shapes(file):
-        raise PersonaError("is a scaled-fp8 text encoder, which only ComfyUI reads", file=file,
-                           fix="put the fp16 (or plain fp8_e4m3fn) version of this text encoder beside it")
+    beside its derived config, and from_pretrained reads both (no copy of the weights). ComfyUI's
+    scaled fp8 files are dequantised first."""
+    shapes = tensor_shapes(file)
+    if "scaled_fp8" in shapes or any(k.endswith((".scale_weight", ".weight_scale")) for k in shapes):
+        return _scaled_fp8_model(cls, file, config, dtype)
     folder = _config_dir(root, name, config)
     (folder / "model.safetensors").symlink_to(file.resolve())
     return cls.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
+
+
+def _scaled_fp8_model(cls: Any, file: Path, config: dict[str, Any], dtype: Any) -> Any:
+    """A model from ComfyUI's scaled fp8 layout (e.g. t5xxl_fp8_e4m3fn_scaled.safetensors): each
+    linear weight is float8 times its `scale_weight` (newer files: `weight_scale`), which only
+    ComfyUI's own layers apply; here the weights are multiplied out into `dtype`."""
+    import torch
+    from safetensors.torch import load_file
+
+    sd = load_file(str(file))
+    out = {}
+    for key, tensor in sd.items():
+        if key == "scaled_fp8" or key.endswith((".scale_weight", ".weight_scale", ".scale_input", ".input_scale",
+                                                 ".comfy_quant")):
+            continue
+        layer = key.removesuffix(".weight")
+        scale = sd.get(f"{layer}.scale_weight", sd.get(f"{layer}.weight_scale")) if key.endswith(".weight") else None
+        out[key] = tensor.to(torch.float32) * scale.to(torch.float32) if scale is not None else tensor.to(torch.float32)
+    with torch.device("meta"):
+        model = cls(cls.config_class(**{k: v for k, v in config.items() if k != "model_type"}))
+    model.load_state_dict(out, strict=False, assign=True)
+    model.tie_weights()  # T5's encoder.embed_tokens is its shared embedding
+    empty = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if empty:
+        raise PersonaError(f"lacks tensors the model needs ({', '.join(empty[:3])}{', ...' if len(empty) > 3 else ''})",
+                           file=file, fix="download the file again, or use the fp16 version of this text encoder")
+    return model.to(dtype).eval()
 
 
 def _split_single_blocks(checkpoint: dict[str, Any]) -> dict[str, Any]:

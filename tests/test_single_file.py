@@ -202,3 +202,41 @@ def test_where_flux_comes_from(comfy, tmp_path, own_config, monkeypatch, tiny_mo
     monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "empty"))
     with pytest.raises(PersonaError, match="no FLUX VAE"):
         resolve_flux()
+
+
+def test_a_scaled_fp8_t5_is_multiplied_out(comfy, tmp_path):
+    """ComfyUI's t5xxl_fp8_e4m3fn_scaled layout: float8 weights, each with its scale_weight."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import T5EncoderModel, T5TokenizerFast
+
+    from persona.comfy_files import tensor_shapes
+    from persona.inference.single_file import _transformers_model, t5_config
+
+    c = _copy_tree(comfy, tmp_path)
+    fp16 = c.models / "text_encoders/t5xxl_fp16.safetensors"
+    scaled = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
+    for k, w in load_file(str(fp16)).items():
+        if w.ndim == 2 and k != "shared.weight":
+            scale = w.float().abs().max() / 448
+            scaled[k], scaled[k.removesuffix(".weight") + ".scale_weight"] = (w.float() / scale).to(torch.float8_e4m3fn), scale
+        else:
+            scaled[k] = w
+    fp16.unlink()
+    save_file(scaled, str(c.models / "text_encoders/t5xxl_fp8_e4m3fn_scaled.safetensors"))
+    files = flux_files(c)
+    assert files.t5.name == "t5xxl_fp8_e4m3fn_scaled.safetensors"
+
+    tokenizer = T5TokenizerFast.from_pretrained(str(files.t5_tokenizer))
+    ids = tokenizer("the presenter at a whiteboard", return_tensors="pt").input_ids
+
+    def encode(file: Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        model = _transformers_model(T5EncoderModel, file, t5_config(tensor_shapes(file), tokenizer), tmp_path, name,
+                                    torch.float32)
+        with torch.no_grad():
+            return model(ids).last_hidden_state, model.encoder.block[1].layer[0].SelfAttention.q.weight
+
+    (exact, w), (approx, w8) = encode(comfy["t5"], "fp16"), encode(files.t5, "scaled")
+    # float8 keeps 3 mantissa bits: each weight within 1/16 of itself, the encoding in the same direction
+    assert not torch.equal(w, w8) and ((w8 - w).abs() <= w.abs() / 16 + 1e-6).all()
+    assert torch.nn.functional.cosine_similarity(exact.flatten(), approx.flatten(), dim=0) > 0.99
