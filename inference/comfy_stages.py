@@ -94,6 +94,9 @@ class ComfyKeyframeStage(OnServers, KeyframeStage):
         self.set_lora(job, scenes)
         self.flux_id = hash_json(["comfyui", [self.servers.names[r] for r in self.ROLES]])
 
+    def flux_files(self) -> str:
+        return ", ".join(self.servers.names[r] for r in self.ROLES)  # the server's own files
+
     def make(self, job: RenderJob, scene: SceneDir, model: Any, tick: Tick) -> dict[str, Any]:
         k, (width, height) = job.settings.keyframes, job.settings.keyframe_size()
         n, seed, prompt = self.servers.names, self.seed(job, scene), self.prompt(job, scene)

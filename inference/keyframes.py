@@ -8,6 +8,7 @@ leak into b-roll. Seeds come from the scene's prompt and are recorded.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from persona.errors import PersonaError
@@ -15,6 +16,7 @@ from persona.files import atomic_path, hash_file, hash_json
 from persona.inference.memory import Lazy, load_pipeline
 from persona.inference.plan import RenderSettings, SceneDir, scene_seed
 from persona.inference.stage import RenderJob, Stage, Tick, model_key, step_callback
+from persona.comfy_files import FluxFiles, resolve_flux
 from persona.models import locate
 
 if TYPE_CHECKING:
@@ -37,14 +39,24 @@ def lora_strength(ws: Workspace, settings: RenderSettings) -> float:
     return s if s is not None else ws.pack.lora.strength
 
 
+def _locate_flux(ws: Workspace) -> Path:
+    """FLUX in diffusers layout, or the error that also names the ComfyUI way."""
+    try:
+        return locate("flux", models=ws.pack.models)
+    except PersonaError as e:
+        raise PersonaError(e.message, file=e.file, fix=f"{e.fix}; or, with ComfyUI's FLUX files, set [models] comfyui "
+                                                        '= "/path/to/ComfyUI/models"') from None
+
+
 class KeyframeStage(Stage):
     """FLUX.1-dev with the pack's LoRA draws each scene's opening frame (progress in denoising steps)."""
 
     name, output, model = "keyframes", "keyframe.png", "flux"
 
     def __init__(self, job: RenderJob, scenes: list[SceneDir]):
-        self.flux = locate("flux", models=job.ws.pack.models)
-        self.flux_id = model_key(self.flux)
+        # a diffusers folder, or single files from the user's ComfyUI models folder ([models] comfyui)
+        self.flux: Path | FluxFiles = resolve_flux(job.ws.pack.models) or _locate_flux(job.ws)
+        self.flux_id = model_key(*self.flux.identity()) if isinstance(self.flux, FluxFiles) else model_key(self.flux)
         self.set_lora(job, scenes)
 
     def set_lora(self, job: RenderJob, scenes: list[SceneDir]) -> None:
@@ -80,7 +92,12 @@ class KeyframeStage(Stage):
     def load(self, job: RenderJob) -> Any:
         from diffusers import FluxPipeline  # seconds to import: only when a keyframe is drawn
 
-        pipe = load_pipeline(FluxPipeline, self.flux, job.settings.keyframes.memory)
+        if isinstance(self.flux, FluxFiles):
+            from persona.inference.single_file import load_flux_single_files
+
+            pipe = load_flux_single_files(self.flux, job.settings.keyframes.memory)
+        else:
+            pipe = load_pipeline(FluxPipeline, self.flux, job.settings.keyframes.memory)
         if self.lora is not None:
             pipe.load_lora_weights(str(self.lora), adapter_name=ADAPTER)
         return pipe
@@ -99,6 +116,10 @@ class KeyframeStage(Stage):
             image.save(tmp, format="PNG")
         return {"seed": seed, "prompt": prompt}
 
+    def flux_files(self) -> str:
+        """What draws the keyframes, for render.json: the diffusers folder, or the single files."""
+        return self.flux.describe() if isinstance(self.flux, FluxFiles) else str(self.flux)
+
     def summary(self, job: RenderJob) -> dict[str, Any]:
-        return {"seeds": {s.label: self.seed(job, s) for s in self.scenes(job)},
+        return {"seeds": {s.label: self.seed(job, s) for s in self.scenes(job)}, "flux": self.flux_files(),
                 "lora": str(self.lora) if self.lora else None, "lora_strength": self.strength}

@@ -39,7 +39,22 @@ def load_pipeline(cls: Any, path: Path, memory: Any) -> Any:
             )
         else:
             warn("nf4 quantisation needs CUDA; loading unquantised on the CPU", once=True)
-    pipe = cls.from_pretrained(str(path), **kwargs)
+    return place_pipeline(cls.from_pretrained(str(path), **kwargs), memory)
+
+
+def load_dtype(memory: Any) -> Any:
+    """The dtype a pipeline is loaded in: the profile's on CUDA, float32 on the CPU."""
+    import torch
+
+    return torch_dtype(memory.dtype) if torch.cuda.is_available() else torch.float32
+
+
+def place_pipeline(pipe: Any, memory: Any) -> Any:
+    """Cast and place a loaded pipeline per `memory` (fp8 storage, VAE tiling, offloading)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    dtype = load_dtype(memory)
     pipe.set_progress_bar_config(disable=True)
     if memory.quantize == "fp8":
         # Storage in float8, compute in the pipeline dtype; norms and embeddings stay full precision.

@@ -22,6 +22,11 @@ BUNDLED = [
 
 # The smallest GPU each GPU-bound stage is planned for (recipes fit 12 GB and up).
 GPU_STAGES = {"train-lora": 12, "train-voice": 12, "render: keyframes": 12, "render: video": 12}
+# Render stages a ComfyUI server can run instead: (its stage in comfyui.discover's report, the models
+# the local diffusers engine needs for it; None: diffusers has no such model)
+ENGINE_STAGES: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "render: keyframes": ("keyframes", ("flux",)), "render: video": ("video", ("wan-i2v",)),
+    "render: talking": ("talking", None)}
 
 
 def _package_file(package: str, relative: str) -> Path | None:
@@ -99,13 +104,70 @@ def diagnose(workspace: Any | None = None, comfyui: list[dict[str, Any]] | None 
         path = _package_file(package, rel)
         bundled.append({"title": title, "stages": [stage], "found": path is not None, "path": str(path) if path else None,
                         "fetch": None if path else f"pip install {package.replace('_', '-')}"})
-    report = {"system": system, "models": models, "bundled": bundled, "verdict": _verdict(gpu, models, bundled)}
+    flux_files = _comfy_flux(models_table)
+    if flux_files is not None:  # FLUX's single files in the ComfyUI models folder draw keyframes (not train-lora)
+        flux = next(m for m in models if m["key"] == "flux")
+        flux["single_files"] = flux_files
+        if flux_files["found"]:
+            comfy = next(m for m in models if m["key"] == "comfyui")
+            comfy["path"] = f"{comfy['path']} (FLUX for keyframes: {flux_files['files']})"
+        elif not flux["found"]:
+            flux["problems"] = [*flux["problems"], f"[models] comfyui: {flux_files['problem']}"]
+    report = {"system": system, "models": models, "bundled": bundled,
+              "verdict": _verdict(gpu, models, bundled, comfyui or [])}
     if comfyui:
         report["comfyui"] = comfyui
     return report
 
 
-def _verdict(gpu: dict[str, Any], models: list[dict[str, Any]], bundled: list[dict[str, Any]]) -> dict[str, list[str]]:
+def _comfy_flux(models_table: dict[str, str]) -> dict[str, Any] | None:
+    """FLUX's single files in the configured ComfyUI models folder, or why they are not usable;
+    None when no folder is configured."""
+    from persona.comfy_files import comfy_models, flux_files
+    from persona.errors import PersonaError
+
+    try:
+        comfy = comfy_models(models_table)
+        return None if comfy is None else {"found": True, "files": flux_files(comfy).describe()}
+    except PersonaError as e:
+        return {"found": False, "problem": str(e)}
+
+
+def _engines(stage: str, gpu_ok: bool, need: int, have: set[str], comfyui: list[dict[str, Any]]) -> tuple[bool, str]:
+    """Which engines can run a render stage here: this GPU with diffusers, or a ComfyUI server that has
+    the stage's nodes and models; else what each lacks."""
+    part, local_models = ENGINE_STAGES[stage]
+    engines, lacks = [], []
+    if local_models is None:
+        lacks.append("diffusers has no audio-driven video model")
+    else:
+        missing = [k for k in local_models if k not in have]
+        if gpu_ok and not missing:
+            engines.append("this GPU (diffusers)")
+        else:
+            lacks.append("this machine needs " + " and ".join(
+                ([] if gpu_ok else [f"a GPU with >= {need} GB"]) + [f"{k} (see above)" for k in missing]))
+    for server in comfyui:
+        if not server.get("reachable"):
+            lacks.append(f"ComfyUI at {server['url']} is unreachable")
+            continue
+        modes = server.get("stages", {}).get(part, [])
+        ready = [m["mode"] for m in modes if m["ready"]]
+        if ready:
+            engines.append(f"ComfyUI at {server['url']} ({', '.join(ready)})")
+        elif modes:
+            first = modes[0]
+            need_files = [f"models/{m['folder']}/{m['file']}" for m in first["models"] if not m["found"]]
+            lacks.append(f"ComfyUI at {server['url']} lacks " + ", ".join(first["missing_nodes"] + need_files))
+    if engines:
+        return True, f"{stage} on " + " or ".join(engines)
+    if not comfyui:
+        lacks.append("or a ComfyUI server (--comfyui-url)")
+    return False, f"{stage}: " + "; ".join(lacks)
+
+
+def _verdict(gpu: dict[str, Any], models: list[dict[str, Any]], bundled: list[dict[str, Any]],
+             comfyui: list[dict[str, Any]] | None = None) -> dict[str, list[str]]:
     have = {m["key"] for m in models if m["found"]}
     can, cannot = ["init", "demo (tiny random-weight models, CPU)"], []
     if all(b["found"] for b in bundled):
@@ -116,10 +178,20 @@ def _verdict(gpu: dict[str, Any], models: list[dict[str, Any]], bundled: list[di
         "ingest: caption images with Florence-2" + ("" if "florence2" in have else " (token-only captions instead)"))
     (can if {"whisper", "align-en"} <= have else cannot).append(
         "ingest: transcribe voice clips" + ("" if {"whisper", "align-en"} <= have else " (clips stay untranscribed)"))
+    # keyframes also run from FLUX's single files in the ComfyUI models folder
+    if any(m["key"] == "flux" and (m.get("single_files") or {}).get("found") for m in models):
+        have = have | {"flux"}
     vram = gpu.get("vram_gb") or 0
     for stage, need in GPU_STAGES.items():
-        if not gpu.get("available") or (vram and vram < need):
+        gpu_ok = bool(gpu.get("available")) and not (vram and vram < need)
+        if stage in ENGINE_STAGES:
+            ok, line = _engines(stage, gpu_ok, need, have, comfyui or [])
+            (can if ok else cannot).append(line)
+        elif not gpu_ok:
             cannot.append(f"{stage}: needs a GPU with >= {need} GB")
+    if comfyui:  # only a ComfyUI server makes audio-driven talking video
+        ok, line = _engines("render: talking", False, 0, have, comfyui)
+        (can if ok else cannot).append(line)
     return {"can": can, "cannot": cannot}
 
 

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from persona.errors import PersonaError
 
-Kind = Literal["repo", "file", "checkout"]
+Kind = Literal["repo", "file", "checkout", "folder"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,8 @@ class ModelSpec:
         return "PERSONA_" + self.key.upper().replace("-", "_")
 
     def fetch_command(self) -> str:
+        if self.kind == "folder":
+            return f"set [models] {self.key} = \"{self.url}\" in {user_config_path()} (or ${self.env})"
         if self.kind == "checkout":
             return f"git clone {self.url} && export {self.env}=$PWD/{Path(self.url or '').stem}"
         if not self.repos:
@@ -229,6 +231,16 @@ REGISTRY: dict[str, ModelSpec] = {
             include=("config.json", "preprocessor_config.json", "model.safetensors"),
             required=("config.json", "preprocessor_config.json"),
             size_gb=0.15,
+        ),
+        ModelSpec(
+            "comfyui",
+            "a ComfyUI models folder: diffusers loads FLUX's single files (safetensors or GGUF) from it",
+            ("render: keyframes",),
+            "those of the files in it",
+            kind="folder",
+            url="/path/to/ComfyUI/models",
+            note="optional: FLUX from diffusion_models/, vae/ and text_encoders/ instead of a second copy in "
+                 "diffusers layout (persona.comfy_files)",
         ),
         ModelSpec(
             "sd-scripts",

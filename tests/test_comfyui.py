@@ -388,6 +388,22 @@ def test_doctor_reports_what_a_comfyui_server_lacks(server):
     assert report["url"] == server.url and "talking" in report["stages"]
     humo = next(m for m in report["stages"]["talking"] if m["mode"] == "humo")
     assert humo["ready"] and all(m["found"] for m in humo["models"])
+    # the verdict says, per render stage, which engine runs it: here the server has every model file
+    can = json.loads(out.stdout)["verdict"]["can"]
+    assert any(c.startswith("render: keyframes on ") and f"ComfyUI at {server.url} (keyframe)" in c for c in can), can
+    assert f"render: talking on ComfyUI at {server.url} (s2v, humo)" in can
+
+    # one model file less: the verdict names what the server lacks
+    vae = server.models / "vae" / cg.ROLES["wan_vae"].default
+    vae.rename(vae.with_suffix(".moved"))
+    try:
+        out = CliRunner().invoke(cli, ["doctor", "--json", "--comfyui-url", server.url])
+    finally:
+        vae.with_suffix(".moved").rename(vae)
+    verdict = json.loads(out.stdout)["verdict"]
+    if not json.loads(out.stdout)["system"]["gpu"]["available"]:
+        video = next(c for c in verdict["cannot"] if c.startswith("render: video"))
+        assert f"ComfyUI at {server.url} lacks models/vae/{cg.ROLES['wan_vae'].default}" in video
 
 
 # -- persona render --engine comfyui -------------------------------------------------------------
@@ -454,6 +470,21 @@ def test_talking_scenes_go_to_the_audio_driven_model_on_the_server(server, pack,
         run_stage(job, stage, m)
     assert "(UNETLoader)" in _one_line(e.value) or "Loader)" in str(e.value)
     assert not scene.path("video.mp4").exists()
+
+
+def test_the_keyframe_record_names_the_server_files(server, pack, tmp_path):
+    from persona.inference.comfy_stages import ComfyKeyframeStage
+    from persona.inference.plan import RenderDir
+    from persona.inference.render import load_settings
+    from persona.inference.stage import RenderJob
+
+    settings = load_settings("demo", {"engine": "comfyui", "comfyui": {"urls": [server.url]}})
+    job = RenderJob(pack, settings, RenderDir(tmp_path, []))
+    stage = ComfyKeyframeStage(job, [])
+    try:
+        assert stage.summary(job)["flux"] == ", ".join(cg.ROLES[r].default for r in ComfyKeyframeStage.ROLES)
+    finally:
+        stage.servers.close()
 
 
 def test_a_talking_scene_needs_the_comfyui_engine(pack, tmp_path):

@@ -1,0 +1,252 @@
+"""The user's ComfyUI models folder as a source of single-file weights for the diffusers engine.
+
+With `[models] comfyui = ".../ComfyUI/models"` (persona.toml, $PERSONA_COMFYUI or the user config),
+FLUX's parts are taken from the files ComfyUI loads: the transformer from `diffusion_models/` (or
+the legacy `unet/`), the VAE from `vae/`, CLIP-L and T5-XXL from `text_encoders/` (or the legacy
+`clip/`). Their tokenizers are not in `models/`: they ship inside the ComfyUI install beside it
+(`comfy/sd1_tokenizer`, `comfy/text_encoders/t5_tokenizer`), and are read from there as data.
+
+Which file is which is decided by the tensors each file holds (their names and shapes, read from
+the safetensors or GGUF header without loading the weights), never by trusting a name. When several
+files fit one part, the one whose name is the usual one wins (flux1-dev, ae, clip_l, t5xxl), then the
+first by name; the choice is said once, and `[models] flux = ".../flux1-dev-Q8_0.gguf"` picks the
+transformer explicitly. Only .safetensors/.sft and .gguf files are read: pickled checkpoints never.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from persona.errors import PersonaError
+from persona.models import Located, find, user_config_path
+from persona.progress import warn
+
+WEIGHT_SUFFIXES = (".safetensors", ".sft", ".gguf")
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+PREFIXES = ("model.diffusion_model.", "diffusion_model.")  # how some single files nest the transformer
+
+Shapes = dict[str, tuple[int, ...]]
+
+
+@lru_cache(maxsize=256)
+def _header(path: Path, size: int, mtime: float) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    if path.suffix.lower() == ".gguf":
+        from gguf import GGUFReader  # memory-maps the file; tensor data is not read
+
+        # GGUF stores dimensions innermost first; torch's order is the reverse
+        return tuple((t.name, tuple(int(d) for d in reversed(t.shape))) for t in GGUFReader(path).tensors)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return tuple((k, tuple(f.get_slice(k).get_shape())) for k in f.keys())
+
+
+def tensor_shapes(path: Path) -> Shapes:
+    """Every tensor's name (a transformer's `model.diffusion_model.` prefix removed) and shape, from
+    the file's header."""
+    st = path.stat()
+    try:
+        header = _header(path, st.st_size, st.st_mtime)
+    except ImportError:
+        raise PersonaError("is a GGUF file, and reading GGUF needs the gguf package", file=path,
+                           fix="pip install 'persona[gguf]'") from None
+    except Exception as e:  # a truncated download, a file of another format: named, not a traceback
+        raise PersonaError(f"cannot be read as {path.suffix[1:]} ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})",
+                           file=path, fix="download it again, or move it out of the models folder") from None
+    out: Shapes = {}
+    for k, shape in header:
+        for p in PREFIXES:
+            if k.startswith(p):
+                k = k[len(p):]
+                break
+        out[k] = shape
+    return out
+
+
+# --- what a file is, from its tensors ----------------------------------------------------------
+def is_flux_transformer(s: Shapes) -> bool:
+    """FLUX.1 text-to-image (dev, schnell, Krea, Kontext): BFL's double blocks, and as many input
+    channels as output ones (Fill, Depth and Canny take extra conditioning channels)."""
+    return ("double_blocks.0.img_attn.qkv.weight" in s and "img_in.weight" in s and "final_layer.linear.weight" in s
+            and s["img_in.weight"][1] == s["final_layer.linear.weight"][0])
+
+
+def is_image_vae(s: Shapes) -> bool:
+    """An image autoencoder (2-D convolutions) without quant convs: FLUX's ae.safetensors, in BFL's or
+    diffusers' key names. SD 1.x/XL VAEs have quant convs; Wan's VAE is 3-D."""
+    conv = s.get("decoder.conv_in.weight")
+    return conv is not None and len(conv) == 4 and "encoder.conv_in.weight" in s and "quant_conv.weight" not in s
+
+
+def is_clip_l(s: Shapes) -> bool:
+    return "text_model.encoder.layers.0.self_attn.q_proj.weight" in s and "text_model.embeddings.token_embedding.weight" in s
+
+
+def is_t5(s: Shapes) -> bool:
+    """A T5 v1.1 encoder (T5-XXL) in Hugging Face names; UMT5 (Wan's) has attention biases in every layer."""
+    return ("encoder.block.0.layer.0.SelfAttention.q.weight" in s
+            and "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight" in s
+            and "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight" not in s)
+
+
+def _t5_width(s: Shapes) -> int:
+    return (s.get("shared.weight") or s.get("encoder.embed_tokens.weight") or (0, 0))[1]
+
+
+@dataclass(frozen=True)
+class Part:
+    title: str
+    folders: tuple[str, ...]
+    matches: Callable[[Shapes], bool]
+    prefer: str  # regex on the file name: the usual name wins when several files fit
+    example: str
+    gguf: bool = False  # diffusers quantises transformers from GGUF; the other parts load from safetensors
+
+
+FLUX_PARTS = {
+    "transformer": Part("FLUX transformer", ("diffusion_models", "unet"), is_flux_transformer, r"flux1?[-_.]?dev",
+                        "flux1-dev.safetensors, or a GGUF such as flux1-dev-Q8_0.gguf", gguf=True),
+    "vae": Part("FLUX VAE", ("vae",), is_image_vae, r"^ae\.|flux", "ae.safetensors"),
+    "clip_l": Part("CLIP-L text encoder", ("text_encoders", "clip"), is_clip_l, r"clip_l", "clip_l.safetensors"),
+    "t5": Part("T5-XXL text encoder", ("text_encoders", "clip"), is_t5, r"t5xxl|t5-v1_1-xxl", "t5xxl_fp16.safetensors"),
+}
+TOKENIZERS = {"clip_l": "comfy/sd1_tokenizer", "t5": "comfy/text_encoders/t5_tokenizer"}
+
+
+@dataclass(frozen=True)
+class ComfyModels:
+    """A ComfyUI models folder and the install it sits in (where the tokenizers are)."""
+
+    models: Path
+    install: Path
+
+    def tokenizer(self, part: str) -> Path:
+        folder = self.install / TOKENIZERS[part]
+        if not folder.is_dir():
+            raise PersonaError(f"the {FLUX_PARTS[part].title}'s tokenizer is not at {folder} (tokenizers ship with "
+                               "ComfyUI itself, not in models/)", file=self.models,
+                               fix="set [models] comfyui to the models folder inside a ComfyUI install (.../ComfyUI/models)")
+        return folder
+
+    def pick(self, part: Part, fits_with: Callable[[Shapes], bool] | None = None) -> Path:
+        """The file in the part's folders whose tensors are that part's, and fit `fits_with` (the
+        widths the transformer takes); see the module's rule for several. A file that cannot be read
+        (a partial download) is skipped, and named if nothing fits."""
+        fits, ignored = [], []
+        for name in part.folders:
+            folder = self.models / name
+            if not folder.is_dir():
+                continue
+            for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+                if f.suffix.lower() in WEIGHT_SUFFIXES and (part.gguf or f.suffix.lower() != ".gguf"):
+                    try:
+                        shapes = tensor_shapes(f)
+                    except PersonaError:
+                        ignored.append(f"{f.name} (unreadable)")
+                        continue
+                    if part.matches(shapes) and (fits_with is None or fits_with(shapes)):
+                        fits.append(f)
+                elif f.suffix.lower() in PICKLE_SUFFIXES:
+                    ignored.append(f"{f.name} (pickle files are never loaded)")
+        where = " or ".join(f"{n}/" for n in part.folders)
+        if not fits:
+            skipped = f"; skipped {', '.join(ignored)}" if ignored else ""
+            kinds = "a .safetensors or .gguf file" if part.gguf else "a .safetensors file"
+            widths = " that fits the transformer" if fits_with is not None else ""
+            raise PersonaError(f"no {part.title}{widths} in {where} ({kinds}){skipped}", file=self.models,
+                               fix=f"put {part.example} in {self.models / part.folders[0]}")
+        fits.sort(key=lambda f: (re.search(part.prefer, f.name, re.IGNORECASE) is None, f.relative_to(self.models).as_posix()))
+        if len(fits) > 1:
+            override = ' (or set [models] flux = "/path/to/the/file" for the transformer)' if "transformer" in part.title else ""
+            warn(f"{len(fits)} files in {where} fit the {part.title}: using {fits[0].name}; the others: "
+                 f"{', '.join(f.name for f in fits[1:])}{override}", once=True)
+        return fits[0]
+
+
+def comfy_models(models: dict[str, str] | None = None) -> ComfyModels | None:
+    """The configured ComfyUI models folder ([models] comfyui), or None when none is configured. The
+    setting may name the models folder or the ComfyUI install around it."""
+    found: Located | None = find("comfyui", models=models)
+    if found is None or found.source == "hf-cache":
+        return None
+    if found.problems:
+        raise PersonaError(f"[models] comfyui: {'; '.join(found.problems)} (from {found.source})", file=found.path,
+                           fix=f"point it at your ComfyUI models folder (e.g. ~/ComfyUI/models) in {user_config_path()}")
+    path = found.path
+    if not path.is_dir():
+        raise PersonaError("[models] comfyui must be a folder (ComfyUI's models/)", file=path,
+                           fix="point it at your ComfyUI models folder, e.g. ~/ComfyUI/models")
+    if (path / "models").is_dir() and (path / "comfy").is_dir():
+        path = path / "models"
+    return ComfyModels(path, path.parent)
+
+
+@dataclass(frozen=True)
+class FluxFiles:
+    """FLUX's parts as single files from a ComfyUI models folder, and the tokenizers of its install."""
+
+    transformer: Path
+    vae: Path
+    clip_l: Path
+    t5: Path
+    clip_tokenizer: Path
+    t5_tokenizer: Path
+
+    def identity(self) -> tuple[Path, ...]:
+        """Everything the pipeline is made of, for cache keys (persona.models.model_identity each)."""
+        return (self.transformer, self.vae, self.clip_l, self.t5, self.clip_tokenizer, self.t5_tokenizer)
+
+    def describe(self) -> str:
+        return ", ".join(p.name for p in (self.transformer, self.vae, self.clip_l, self.t5))
+
+
+def flux_files(comfy: ComfyModels, transformer: Path | None = None) -> FluxFiles:
+    """FLUX's single files in `comfy` (the transformer given explicitly, or picked)."""
+    if transformer is not None and not is_flux_transformer(tensor_shapes(transformer)):
+        raise PersonaError("is not a FLUX.1 text-to-image transformer (no BFL double_blocks, or extra input channels)",
+                           file=transformer, fix="point [models] flux at flux1-dev.safetensors or a FLUX.1-dev GGUF")
+    transformer = transformer or comfy.pick(FLUX_PARTS["transformer"])
+    t = tensor_shapes(transformer)
+    # the parts whose widths the transformer takes: CLIP-L's pooled output (not CLIP-G's), T5's states,
+    # the VAE's latent channels (FLUX packs 2x2 latent pixels into one token)
+    pooled, text, channels = t["vector_in.in_layer.weight"][1], t["txt_in.weight"][1], t["img_in.weight"][1]
+    return FluxFiles(
+        transformer=transformer,
+        vae=comfy.pick(FLUX_PARTS["vae"], lambda s: 4 * s["decoder.conv_in.weight"][1] == channels),
+        clip_l=comfy.pick(FLUX_PARTS["clip_l"], lambda s: s["text_model.embeddings.token_embedding.weight"][1] == pooled),
+        t5=comfy.pick(FLUX_PARTS["t5"], lambda s: _t5_width(s) == text),
+        clip_tokenizer=comfy.tokenizer("clip_l"),
+        t5_tokenizer=comfy.tokenizer("t5"),
+    )
+
+
+def resolve_flux(models: dict[str, str] | None = None) -> Path | FluxFiles | None:
+    """Where FLUX comes from: a diffusers folder, single files from the ComfyUI models folder, or None.
+
+    A `flux` setting the user made (flag, persona.toml, environment, user config) wins: a folder is a
+    diffusers layout, a file is a single-file transformer whose other parts come from [models]
+    comfyui. Then the ComfyUI folder, when one is configured; then the Hugging Face cache (also when the
+    ComfyUI folder lacks a part, which is said)."""
+    found = find("flux", models=models)
+    chosen = found is not None and found.source != "hf-cache" and not found.problems
+    if chosen and found.path.is_dir():
+        return found.path
+    comfy = comfy_models(models)
+    if chosen and found.path.is_file():
+        if comfy is None:
+            raise PersonaError("[models] flux names a single file; its VAE and text encoders come from a ComfyUI "
+                               "models folder, and none is configured", file=found.path,
+                               fix=f'set [models] comfyui = "/path/to/ComfyUI/models" in {user_config_path()}')
+        return flux_files(comfy, found.path)
+    if comfy is not None:
+        try:
+            return flux_files(comfy)
+        except PersonaError as e:
+            if found is None or found.problems:
+                raise
+            warn(f"{e}; drawing keyframes with the Hugging Face cache's FLUX instead", once=True)
+    return found.path if found is not None and not found.problems else None

@@ -1,0 +1,242 @@
+"""The diffusers engine draws keyframes from the single files in a ComfyUI models folder
+([models] comfyui): tiny FLUX parts saved as ComfyUI holds them (BFL names, a GGUF, ae.safetensors,
+clip_l / t5xxl files), with the tokenizers of the real ComfyUI 0.8.0 in ../shared/comfyui."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import comfyui_server
+from persona.comfy_files import ComfyModels, comfy_models, flux_files, resolve_flux
+from persona.errors import PersonaError
+from persona.files import read_json
+
+SCRIPT = Path(__file__).parent / "data" / "three_scenes.json"
+
+pytestmark = pytest.mark.skipif(not (comfyui_server.SHARED_COMFYUI / "comfy" / "sd1_tokenizer").is_dir(),
+                                reason=f"ComfyUI's tokenizers not found under {comfyui_server.SHARED_COMFYUI} "
+                                       "(../shared/comfyui is absent on this machine)")
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory, tiny_models) -> dict[str, Path]:
+    from comfy_single_files import build_comfyui_flux
+
+    return build_comfyui_flux(tmp_path_factory.mktemp("comfy-single"), tiny_models["flux"])
+
+
+def _copy_tree(comfy: dict[str, Path], dest: Path) -> ComfyModels:
+    """A ComfyUI install of its own (a test may add or remove files), the comfy/ link kept."""
+    install = dest / "ComfyUI"
+    shutil.copytree(comfy["install"], install, symlinks=True)
+    return ComfyModels(install / "models", install)
+
+
+def _draw(pipe, seed: int = 0) -> np.ndarray:
+    import torch
+
+    return pipe("the presenter at a whiteboard", width=32, height=32, num_inference_steps=2, guidance_scale=3.5,
+                max_sequence_length=32, generator=torch.Generator("cpu").manual_seed(seed), output_type="np").images[0]
+
+
+def test_parts_are_told_apart_by_their_tensors_not_their_names(comfy, tmp_path):
+    c = _copy_tree(comfy, tmp_path)
+    # misleading names: a LoRA named like a transformer, a pickle named like the VAE
+    lora = c.models / "diffusion_models" / "flux1-dev-lora.safetensors"
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    save_file({"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(4, 32)}, str(lora))
+    (c.models / "vae" / "ae.ckpt").write_bytes(b"not read")
+    (c.models / "diffusion_models" / "flux1-dev-.safetensors").write_bytes(b"\x10\x00")  # a partial download
+    # a CLIP of another width (as CLIP-G beside CLIP-L), first by name: the transformer's pooled width rules it out
+    wide = load_file(str(c.models / "text_encoders/clip_l.safetensors"))
+    save_file({k: torch.zeros(*v.shape[:-1], 2 * v.shape[-1]) if v.ndim and v.shape[-1] == 32 else v
+               for k, v in wide.items()}, str(c.models / "text_encoders/clip_l-wide.safetensors"))
+    files = flux_files(c)
+    assert files.transformer.name == "flux1-dev.safetensors" and files.vae.name == "ae.safetensors"
+    assert (files.clip_l.name, files.t5.name) == ("clip_l.safetensors", "t5xxl_fp16.safetensors")
+    assert files.clip_tokenizer == c.install / "comfy/sd1_tokenizer"
+
+
+def test_a_missing_part_names_the_folder_and_the_file_expected(comfy, tmp_path):
+    c = _copy_tree(comfy, tmp_path)
+    (c.models / "vae" / "ae.safetensors").rename(c.models / "vae" / "ae.ckpt")
+    with pytest.raises(PersonaError) as e:
+        flux_files(c)
+    line = str(e.value)
+    assert "\n" not in line and "no FLUX VAE that fits the transformer in vae/" in line and "ae.ckpt" in line and "pickle" in line
+    assert str(c.models / "vae") in line and "ae.safetensors" in line
+
+
+def test_a_models_folder_outside_an_install_says_where_the_tokenizers_are(comfy, tmp_path, own_config):
+    models = tmp_path / "just-models"
+    shutil.copytree(comfy["models"], models)
+    own_config(models={"comfyui": models})
+    c = comfy_models()
+    assert c == ComfyModels(models, tmp_path)
+    with pytest.raises(PersonaError, match=r"tokenizer is not at .*comfy/sd1_tokenizer.*inside a ComfyUI install"):
+        flux_files(c)
+
+
+def test_the_install_folder_is_accepted_as_well_as_its_models_folder(comfy, own_config):
+    own_config(models={"comfyui": comfy["install"]})
+    assert comfy_models() == ComfyModels(comfy["models"], comfy["install"])
+
+
+def test_single_files_draw_exactly_what_the_same_weights_draw_in_diffusers_layout(comfy):
+    from diffusers import FluxPipeline
+
+    from persona.inference.memory import load_pipeline
+    from persona.inference.plan import Memory
+    from persona.inference.single_file import load_flux_single_files
+
+    single = load_flux_single_files(flux_files(ComfyModels(comfy["models"], comfy["install"])), Memory())
+    reference = load_pipeline(FluxPipeline, comfy["reference"], Memory())
+    np.testing.assert_array_equal(_draw(single), _draw(reference))
+
+
+def test_a_gguf_transformer_stays_quantised_and_draws_nearly_the_same(comfy):
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    from persona.inference.plan import Memory
+    from persona.inference.single_file import load_flux_single_files
+
+    c = ComfyModels(comfy["models"], comfy["install"])
+    pipe = load_flux_single_files(flux_files(c, comfy["gguf"]), Memory())
+    weight = pipe.transformer.single_transformer_blocks[0].attn.to_q.weight
+    assert isinstance(weight, GGUFParameter) and weight.quant_type.name == "Q8_0"
+    exact = load_flux_single_files(flux_files(c), Memory())
+    a, b = _draw(pipe), _draw(exact)
+    assert not np.array_equal(a, b) and np.abs(a - b).mean() < 0.01  # 8-bit weights: close, not equal
+
+
+def test_render_draws_keyframes_from_the_comfyui_folder_and_keys_them_by_its_files(pack, comfy, tmp_path, own_config):
+    from persona.inference.render import render
+
+    pack.update("models", {k: v for k, v in pack.pack.models.items() if k != "flux"}, replace=True)
+    c = _copy_tree(comfy, tmp_path)
+    own_config(models={"comfyui": c.models})
+    shutil.copy(comfy["gguf"], c.models / "diffusion_models")  # two transformers: the rule picks one, said once
+    assert resolve_flux(pack.pack.models).transformer.name == "flux1-dev-Q8_0.gguf"
+
+    def run():
+        return render(pack, None, script_file=SCRIPT, profile="demo", until="keyframes", name="single")
+
+    first = run()
+    record = read_json(Path(first["render"]) / "render.json")["stages"]["keyframes"]
+    assert record["flux"].startswith("flux1-dev-Q8_0.gguf, ae.safetensors") and record["rendered"]
+    assert all((Path(first["render"]) / f"scenes/{n:02d}/keyframe.png").exists() for n in (1, 2, 3))
+    assert not read_json(Path(run()["render"]) / "render.json")["stages"]["keyframes"]["rendered"]  # all fresh
+
+    # [models] flux naming a file picks that transformer; another model is another cache key
+    own_config(models={"flux": c.models / "diffusion_models" / "flux1-dev.safetensors"})
+    again = read_json(Path(run()["render"]) / "render.json")["stages"]["keyframes"]
+    assert again["flux"].startswith("flux1-dev.safetensors") and len(again["rendered"]) == 3
+
+
+def test_without_flux_or_a_comfyui_folder_the_error_names_both_ways(pack):
+    from persona.inference.render import render
+
+    pack.update("models", {k: v for k, v in pack.pack.models.items() if k != "flux"}, replace=True)
+    with pytest.raises(PersonaError, match=r"FLUX.1-dev.*not found.*hf download.*\[models\] comfyui"):
+        render(pack, None, script_file=SCRIPT, profile="demo", until="keyframes", name="none")
+
+
+def test_doctor_finds_flux_in_the_comfyui_folder_and_says_which_engine_draws_keyframes(comfy, own_config):
+    from persona import doctor
+
+    own_config(models={"comfyui": comfy["models"]})
+    report = doctor.diagnose(None, [{"url": "http://127.0.0.1:9", "reachable": False, "error": "unreachable"}])
+    flux, folder = (next(m for m in report["models"] if m["key"] == k) for k in ("flux", "comfyui"))
+    files = "flux1-dev.safetensors, ae.safetensors, clip_l.safetensors, t5xxl_fp16.safetensors"
+    assert flux["single_files"] == {"found": True, "files": files} and folder["found"]
+    assert folder["path"] == f"{comfy['models']} (FLUX for keyframes: {files})"
+    assert not flux["found"]  # train-lora still needs the diffusers folder
+    lines = report["verdict"]["can"] + report["verdict"]["cannot"]
+    keyframes = next(c for c in lines if c.startswith("render: keyframes"))
+    assert "flux" not in keyframes.split("unreachable")[0].replace("render: keyframes", "")  # FLUX is not missing
+    assert "ComfyUI at http://127.0.0.1:9 is unreachable" in keyframes
+    if not report["system"]["gpu"]["available"]:
+        assert keyframes.startswith("render: keyframes: this machine needs a GPU with >= 12 GB;")
+    talking = next(c for c in lines if c.startswith("render: talking"))
+    assert "diffusers has no audio-driven video model" in talking
+
+
+def test_doctor_shows_why_the_comfyui_folder_cannot_give_flux(comfy, tmp_path, own_config):
+    from persona import doctor
+
+    c = _copy_tree(comfy, tmp_path)
+    (c.models / "text_encoders" / "t5xxl_fp16.safetensors").unlink()
+    own_config(models={"comfyui": c.models})
+    flux = next(m for m in doctor.diagnose()["models"] if m["key"] == "flux")
+    assert not flux["found"] and "no T5-XXL text encoder that fits the transformer in text_encoders/ or clip/" in flux["single_files"]["problem"]
+
+
+def test_where_flux_comes_from(comfy, tmp_path, own_config, monkeypatch, tiny_models, capsys):
+    """A flux folder the user set > the ComfyUI folder > the Hugging Face cache, which also stands in
+    (said once) when the ComfyUI folder lacks a part."""
+    import huggingface_hub.constants as hf
+
+    from test_models import _fake_hf_snapshot
+
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    cached = _fake_hf_snapshot(tmp_path / "hub", "black-forest-labs/FLUX.1-dev",
+                               ["model_index.json", "transformer/config.json", "vae/config.json"])
+    assert resolve_flux() == cached
+    single = comfy["models"] / "diffusion_models/flux1-dev.safetensors"
+    with pytest.raises(PersonaError, match=r"names a single file.*\[models\] comfyui ="):
+        resolve_flux({"flux": str(single)})  # a transformer alone: where would its VAE come from?
+    c = _copy_tree(comfy, tmp_path)
+    own_config(models={"comfyui": c.models})
+    assert resolve_flux().transformer == c.models / "diffusion_models/flux1-dev.safetensors"
+    assert resolve_flux({"flux": str(tiny_models["flux"])}) == tiny_models["flux"]  # a pack's diffusers folder
+    (c.models / "vae/ae.safetensors").unlink()
+    capsys.readouterr()
+    assert resolve_flux() == cached
+    assert "no FLUX VAE" in capsys.readouterr().err.replace("\n", " ")
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(PersonaError, match="no FLUX VAE"):
+        resolve_flux()
+
+
+def test_a_scaled_fp8_t5_is_multiplied_out(comfy, tmp_path):
+    """ComfyUI's t5xxl_fp8_e4m3fn_scaled layout: float8 weights, each with its scale_weight."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import T5EncoderModel, T5TokenizerFast
+
+    from persona.comfy_files import tensor_shapes
+    from persona.inference.single_file import _transformers_model, t5_config
+
+    c = _copy_tree(comfy, tmp_path)
+    fp16 = c.models / "text_encoders/t5xxl_fp16.safetensors"
+    scaled = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
+    for k, w in load_file(str(fp16)).items():
+        if w.ndim == 2 and k != "shared.weight":
+            scale = w.float().abs().max() / 448
+            scaled[k], scaled[k.removesuffix(".weight") + ".scale_weight"] = (w.float() / scale).to(torch.float8_e4m3fn), scale
+        else:
+            scaled[k] = w
+    fp16.unlink()
+    save_file(scaled, str(c.models / "text_encoders/t5xxl_fp8_e4m3fn_scaled.safetensors"))
+    files = flux_files(c)
+    assert files.t5.name == "t5xxl_fp8_e4m3fn_scaled.safetensors"
+
+    tokenizer = T5TokenizerFast.from_pretrained(str(files.t5_tokenizer))
+    ids = tokenizer("the presenter at a whiteboard", return_tensors="pt").input_ids
+
+    def encode(file: Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        model = _transformers_model(T5EncoderModel, file, t5_config(tensor_shapes(file), tokenizer), tmp_path, name,
+                                    torch.float32)
+        with torch.no_grad():
+            return model(ids).last_hidden_state, model.encoder.block[1].layer[0].SelfAttention.q.weight
+
+    (exact, w), (approx, w8) = encode(comfy["t5"], "fp16"), encode(files.t5, "scaled")
+    # float8 keeps 3 mantissa bits: each weight within 1/16 of itself, the encoding in the same direction
+    assert not torch.equal(w, w8) and ((w8 - w).abs() <= w.abs() / 16 + 1e-6).all()
+    assert torch.nn.functional.cosine_similarity(exact.flatten(), approx.flatten(), dim=0) > 0.99
