@@ -468,6 +468,32 @@ def _say_credentials(video: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------
 @cli.command(context_settings=CONTEXT)
+@json_option
+@click.pass_obj
+def status(ctx: Ctx, as_json: bool) -> None:
+    """Show the pack at a glance: consent, dataset sizes, the chosen LoRA and voice with the scores
+    they were chosen by, the last render's likeness, and what to do next.
+
+    Reads only the files the other verbs wrote; changes nothing and takes no lock, so it can run
+    while a training or a render is under way. --json prints the whole picture on stdout.
+
+    \b
+    Examples:
+      persona status
+      persona -w mikebot status --json
+      persona status --json | jq .voice.speaker_similarity
+    """
+    from persona.status import pack_status, show
+
+    report = pack_status(ctx.workspace())
+    if as_json:
+        emit(report, True)
+    else:
+        show(report)
+
+
+# ------------------------------------------------------------------------------------------------
+@cli.command(context_settings=CONTEXT)
 @click.argument("video", type=click.Path(dir_okay=False, path_type=Path))
 @json_option
 def verify(video: Path, as_json: bool) -> None:
