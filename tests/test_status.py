@@ -103,7 +103,7 @@ def test_after_a_tiny_pipeline(ingested, tmp_path):  # noqa: F811
     settings, recipe = resolve("tiny-cpu")
     lora = train_lora(ws, settings, recipe=recipe)
     voice = train_voice(ws, VoiceSettings(updates=4, val_every=2, batch_frames=1500, val_clips=1, val_repeats=1,
-                                          min_minutes=0.1, num_workers=0, learning_rate=1e-3))
+                                          min_minutes=0.1, num_workers=0, learning_rate=1e-3, likeness_steps=4))
     render(ws, None, script_file=script, profile="demo", overrides=FAST, name="status")
     s = pack_status(ws)
     assert s["next"] == []
@@ -111,9 +111,11 @@ def test_after_a_tiny_pipeline(ingested, tmp_path):  # noqa: F811
     assert lo["exists"] and lo["steps"] == settings.steps and lo["images"] == len(images)
     assert lo["run"] == ws.relative(lora["run_dir"])
     assert lo["final_loss"] == read_json(record_path(ws.path(lo["path"])))["summary"]["final_loss"]
-    v = s["voice"]
-    assert v["exists"] and v["update"] == voice["best"]["update"] and v["val_loss"] == voice["best"]["val_loss"]
-    assert v["baseline_val_loss"] == voice["baseline_val_loss"]
+    v, choice = s["voice"], voice["choice"]  # picked by likeness: ingest stored the reference voice
+    assert v["exists"] and (v["update"], v["weights"], v["pick"]) == (choice["update"], choice["weights"], "likeness")
+    assert v["val_loss"] == choice["val_loss"] and -1 <= v["speaker_similarity"] <= 1 and v["wer"] >= 0
+    assert v["baseline_val_loss"] == voice["baseline_val_loss"] and v["validations"] == 2
+    assert v["plot"] == ws.relative(voice["likeness_plot"]) and v["reason"] == choice["reason"]
     r = s["render"]
     record = read_json(ws.root / "renders/status/render.json")
     assert r["name"] == "status" and r["completed"] and r["final"] == "renders/status/final.mp4"
@@ -126,4 +128,4 @@ def test_after_a_tiny_pipeline(ingested, tmp_path):  # noqa: F811
     assert out.returncode == 0 and json.loads(out.stdout) == json.loads(json.dumps(s))
     readable = run("-w", str(ws.root), "status")
     assert "The pack is complete." in readable.stderr and "renders/status/likeness.png" in readable.stderr
-    assert f"update {v['update']} (ema weights)" in readable.stderr
+    assert f"update {v['update']} ({v['weights']} weights)" in readable.stderr and "speaker similarity" in readable.stderr

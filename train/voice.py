@@ -252,6 +252,8 @@ def train_voice(ws: Any, settings: VoiceSettings | None = None, *, base: str | P
                  "more data or a lower --lr may help")
     else:
         info(f"paused at update {trainer.update} of {plan.total_updates}; run `persona train-voice` again to continue")
+    # all validations' scoring, this session's and earlier ones' (the training seconds are this session's)
+    summary["likeness_seconds"] = round(sum(h.get("likeness_seconds", 0.0) for h in trainer.history), 2)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
 

@@ -131,6 +131,9 @@ class Judge:
                 wav = self.vocoder.decode(mel).float().squeeze().cpu().numpy()
         finally:
             model.train(was_training)  # sample() switches the model to eval
+            # sampling leaves a thread-local text cache on the DiT, which F5 keeps off training models
+            # so they stay deep-copyable (EMA); the raw model goes on training
+            model.transformer.__dict__.pop("_cache_local", None)
         return np.asarray(wav, np.float32).reshape(-1) / self.gain
 
     def score(self, models: dict[str, Any], autocast: Callable[[], Any]) -> dict[str, dict[str, Any]]:

@@ -18,6 +18,7 @@ import io
 import json
 import random
 import re
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -358,7 +359,9 @@ class Trainer:
                 models["raw"] = self.model
                 entry["raw_val_loss"] = round(validation_loss(self.model, val_batches, self.settings.seed,
                                                               self.settings.val_repeats, self.device, self.autocast), 6)
+            started = time.perf_counter()
             entry["likeness"] = self.judge.score(models, self.autocast)
+            entry["likeness_seconds"] = round(time.perf_counter() - started, 3)  # what scoring costs (not a score)
         self.history.append(entry)
         return entry
 
