@@ -154,16 +154,15 @@ def lora_likeness(ws: Any, run: Path) -> dict[str, Any] | None:
     step = _int(record.get("chosen_step", record.get("step")))
     steps = [s for s in record.get("steps", []) if isinstance(s, dict)] if isinstance(record.get("steps"), list) else []
     chosen = next((s for s in steps if s.get("step") == step), {})
-    reason = record.get("reason")
-    for key in ("choice", "pick"):  # a reason nested in a sub-record
-        if not reason and isinstance(record.get(key), dict):
-            reason = record[key].get("reason")
+    reasons = [record.get(k) for k in ("step_reason", "strength_reason", "reason")]
+    reason = "; ".join(r for r in reasons if isinstance(r, str) and r) or None
     plot = run / "likeness.png"
-    return {"step": step, "strength": _num(record.get("strength"), 3),
+    pick = record.get("pick")
+    return {"pick": pick if isinstance(pick, str) else None, "fallback": bool(record.get("fallback")),
+            "step": step, "strength": _num(record.get("strength"), 3),
             "identity_distance": _num(chosen.get("identity")), "leak": _num(chosen.get("leak")),
             "match_distance": _num(record.get("match_distance")), "scored_steps": len(steps),
-            "reason": reason if isinstance(reason, str) else None,
-            "plot": ws.relative(plot) if plot.is_file() else None}
+            "reason": reason, "plot": ws.relative(plot) if plot.is_file() else None}
 
 
 def _voice(ws: Any) -> dict[str, Any] | None:

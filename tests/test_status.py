@@ -129,3 +129,30 @@ def test_after_a_tiny_pipeline(ingested, tmp_path):  # noqa: F811
     readable = run("-w", str(ws.root), "status")
     assert "The pack is complete." in readable.stderr and "renders/status/likeness.png" in readable.stderr
     assert f"update {v['update']} ({v['weights']} weights)" in readable.stderr and "speaker similarity" in readable.stderr
+
+
+def test_the_lora_pick_is_read_from_its_run(make_workspace):
+    """runs/lora/<run>/likeness.json as train-lora --pick likeness writes it (its freshness record names the run)."""
+    ws = make_workspace(models=False)
+    folder = ws.root / "runs/lora/0123abcd"
+    folder.mkdir(parents=True)
+    (folder / "likeness.png").write_bytes(b"png")
+    (folder / "likeness.json").write_text(json.dumps({
+        "pick": "likeness", "match_distance": 0.55, "chosen_step": 400, "best_step": 600, "fallback": False,
+        "step_reason": "step 400: identity distance 0.412 (8/8 faces), leak 0%", "strength": 1.1,
+        "strength_reason": "strength 1.1: identity distance 0.401, leak 0% (swept 0.8, 1, 1.1, 1.2)",
+        "steps": [{"step": 200, "identity": 0.52, "leak": 0.0}, {"step": 400, "identity": 0.412, "leak": 0.125},
+                  {"step": 600, "identity": 0.40, "leak": 0.25}], "sweep": []}))
+    (ws.root / "lora").mkdir()
+    (ws.root / "lora/x.safetensors").write_bytes(b"weights")
+    (ws.root / "lora/x.safetensors.json").write_text(json.dumps({"key": "k", "summary": {
+        "run_dir": str(folder), "images": 12, "final_loss": 0.31}}))
+    ws.update("lora", {"path": "lora/x.safetensors", "strength": 1.1, "steps": 600})
+    lo = pack_status(ws)["lora"]
+    assert (lo["exists"], lo["run"], lo["images"], lo["final_loss"]) == (True, "runs/lora/0123abcd", 12, 0.31)
+    lk = lo["likeness"]
+    assert (lk["pick"], lk["step"], lk["strength"], lk["identity_distance"], lk["leak"]) == ("likeness", 400, 1.1, 0.412, 0.125)
+    assert lk["scored_steps"] == 3 and lk["plot"] == "runs/lora/0123abcd/likeness.png"
+    assert lk["reason"].startswith("step 400: identity distance 0.412") and "strength 1.1" in lk["reason"]
+    out = run("-w", str(ws.root), "status")
+    assert out.returncode == 0 and "chosen step 400, identity distance 0.412" in out.stderr
