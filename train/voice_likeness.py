@@ -89,14 +89,21 @@ def _quiet():
         logger.setLevel(level)
 
 
+# Whisper large-v3 takes ~3 GB of GPU memory: on a card this size or larger it stays loaded between
+# validations (reloading it each time would cost more than the scoring itself); on a smaller one it
+# is loaded per validation and freed, so training keeps the memory.
+KEEP_ASR_GIB = 40
+
+
 class Judge:
     """Says the held-out lines with a model and scores the takes. The vocoder stays loaded (tens of
-    MB); the ASR model is loaded per validation and freed, so it holds no memory while training."""
+    MB); the ASR model stays loaded on a CPU or a large GPU, else it is loaded per validation."""
 
     def __init__(self, lines: list[Line], prompt_wav: np.ndarray, prompt_text: str, voice: np.ndarray,
                  encoder: Any, vocoder: Any, asr: Path | None, device: str, steps: int, seed: int):
         self.lines, self.voice, self.encoder, self.vocoder = lines, voice, encoder, vocoder
         self.asr, self.device, self.steps, self.seed = asr, device, steps, seed
+        self._asr_model: Any = None
         wav = np.asarray(prompt_wav, np.float32).reshape(-1)
         rms = float(np.sqrt(np.mean(wav.astype(np.float64) ** 2))) if len(wav) else 0.0
         self.gain = TARGET_RMS / rms if 0 < rms < TARGET_RMS else 1.0
@@ -162,9 +169,15 @@ class Judge:
         from faster_whisper import WhisperModel
         from scipy.signal import resample_poly
 
+        from persona.device import gpu_memory
+
         device = "cuda" if self.device.startswith("cuda") else "cpu"
-        with _quiet():
-            model = WhisperModel(str(self.asr), device=device, compute_type="default", cpu_threads=0, num_workers=1)
+        model = self._asr_model
+        if model is None:
+            with _quiet():
+                model = WhisperModel(str(self.asr), device=device, compute_type="default", cpu_threads=0, num_workers=1)
+        have, _ = gpu_memory()
+        keep = device == "cpu" or (have or 0) >= KEEP_ASR_GIB
         try:
             out: dict[str, list[str]] = {}
             for name, wavs in takes.items():
@@ -180,6 +193,7 @@ class Judge:
                 out[name] = texts
             return out
         finally:
+            self._asr_model = model if keep else None
             del model
 
 
