@@ -93,8 +93,10 @@ class VoiceSettings(BaseModel):
     # every validation and keeps the one closest to the reference voice (WER weighed in when Whisper
     # is found); "loss" keeps the EMA weights with the lowest validation loss (the behaviour before).
     pick: Literal["likeness", "loss"] = "likeness"
-    likeness_clips: int = Field(3, ge=0, le=16, description="held-out lines said at each validation (0: no scoring)")
-    likeness_steps: int = Field(16, ge=1, le=64, description="flow-matching steps per line (32 for `persona speak`)")
+    # 2 lines at 8 steps keep scoring near 5 % of a run on an hour of speech and below it from ~3 hours
+    # (benchmarks/voice_likeness_cost.py); F5's sway sampling keeps 8 steps intelligible.
+    likeness_clips: int = Field(2, ge=0, le=16, description="held-out lines said at each validation (0: no scoring)")
+    likeness_steps: int = Field(8, ge=1, le=64, description="flow-matching steps per line (32 for `persona speak`)")
     wer_weight: float = Field(0.5, ge=0, description="similarity a word error rate of 1.0 costs in the pick")
 
 
