@@ -133,6 +133,11 @@ def test_a_tiny_run_scores_picks_and_exports(make_workspace, voice_dataset, caps
 
     ws = _workspace(make_workspace, voice_dataset, "Voice One")
     paused = train_voice(ws, VoiceSettings(**TINY), stop_at=2)
+    picked = Path(paused["checkpoints"]) / "picked.safetensors"
+    kept = picked.read_bytes()  # update 2 is the only trained candidate so far: it is kept
+    picked.unlink()  # as if killed between model_2.pt and picked.safetensors
+    again = train_voice(ws, VoiceSettings(**TINY), stop_at=2)
+    assert again["resumed_from"] == 2 and picked.read_bytes() == kept  # rebuilt from model_2.pt on resume
     done = train_voice(ws, VoiceSettings(**TINY))
     assert (done["resumed_from"], done["finished"]) == (2, True)
     err = capsys.readouterr().err
@@ -159,8 +164,7 @@ def test_a_tiny_run_scores_picks_and_exports(make_workspace, voice_dataset, caps
 
     # the export is the picked weight set, under the keys every reader of [voice] expects
     model = ws.path(ws.pack.voice.checkpoint)
-    picked = run / "checkpoints" / "picked.safetensors"
-    assert model.read_bytes() == picked.read_bytes()
+    assert picked == run / "checkpoints" / "picked.safetensors" and model.read_bytes() == picked.read_bytes()
     with safe_open(str(picked), "pt") as f:
         assert json.loads(f.metadata()["picked"]) == {"update": choice["update"], "weights": choice["weights"]}
         assert all(k.startswith("ema_model.") for k in f.keys())
