@@ -8,7 +8,7 @@ looks wrong, and the studio polls it. Nothing here imports a stage; it reads the
 - datasets/images/{manifest,report,reference_face}.json, datasets/voice/{manifest,report,reference_voice}.json,
   datasets/presenter/manifest.json (written by ingest);
 - lora/NAME.safetensors.json (the LoRA's freshness record: its run folder) and runs/lora/<run>/likeness.json;
-- voice/training.json (the exported voice's history and choice) and runs/voice/<run>/likeness.json;
+- voice/training.json (the exported voice's history, choice and run folder) and runs/voice/<run>/likeness.png;
 - renders/*/render.json (the newest one's `likeness` section).
 """
 
