@@ -289,7 +289,7 @@ def pick_voice(cands: list[dict[str, Any]], pick: str = "likeness", wer_weight: 
     if lowest is not None and (lowest["update"], lowest["weights"]) != (chosen["update"], chosen["weights"]):
         match = next(c for c in cands if (c["update"], c["weights"]) == (lowest["update"], "ema"))
         if match["speaker_similarity"] is not None:
-            why += (f"; the lowest-loss checkpoint (update {lowest['update']}, EMA) scored "
+            why += (f"; --pick loss would export update {lowest['update']} (EMA weights), which scored "
                     f"{match['speaker_similarity']:.3f}" + (f" / {match['wer']:.0%}" if use_wer else ""))
     return {**chosen, "pick": "likeness", "reason": why}
 
