@@ -306,22 +306,30 @@ def train_lora(ctx: Ctx, recipe: str | None, steps: int | None, rank: int | None
                    "$PERSONA_F5_TTS, the HF cache).")
 @click.option("--restart", is_flag=True, help="Discard earlier checkpoints and start again from the base.")
 @click.option("--stop-at", type=int, help="Stop with a checkpoint at this update; run again to continue.")
+@click.option("--pick", type=click.Choice(["likeness", "loss"]),
+              help="Which weights to export: likeness (default: held-out lines said by the EMA and the raw weights "
+                   "at every validation, scored by speaker similarity to the person and word error rate) or loss "
+                   "(the EMA weights with the lowest validation loss).")
 @json_option
 @click.pass_obj
 def train_voice(ctx: Ctx, recipe: str | None, updates: int | None, epochs: float | None, learning_rate: float | None,
                 batch_frames: int | None, val_every: int | None, keep_last: int | None, min_minutes: float | None,
-                base: Path | None, restart: bool, stop_at: int | None, as_json: bool) -> None:
+                base: Path | None, restart: bool, stop_at: int | None, pick: str | None, as_json: bool) -> None:
     """Fine-tune F5-TTS on the persona's voice dataset and put the voice in the pack.
 
     Reads the clips and transcripts `persona ingest` wrote, holds a few out, trains from F5-TTS v1
-    Base with hyperparameters scaled to the data, keeps the checkpoint with the lowest validation
-    loss, and exports it with the vocab and reference clip to voice/ and [voice]. A stopped run
+    Base with hyperparameters scaled to the data, and at every validation has the EMA and the raw
+    weights say a few held-out lines, scored against the person's reference voice (and by Whisper
+    when it is installed). It exports the checkpoint and weight set that sounds most like the
+    person (--pick loss: the lowest validation loss) with the vocab and reference clip to voice/
+    and [voice], says why, and plots the scores in runs/voice/RUN/likeness.png. A stopped run
     resumes from its last checkpoint when started again.
 
     \b
     Examples:
       persona train-voice
       persona train-voice --recipe f5-12gb --epochs 30
+      persona train-voice --pick loss                 # export by validation loss, as before
       persona -w mikebot train-voice --updates 2000 --val-every 100 --json
     """
     from persona.config import resolve_settings
@@ -331,7 +339,7 @@ def train_voice(ctx: Ctx, recipe: str | None, updates: int | None, epochs: float
     recipe = recipe or auto_recipe()
     settings = resolve_settings(VoiceSettings, "voice", recipe, dict(
         updates=updates, epochs=epochs, learning_rate=learning_rate, batch_frames=batch_frames, val_every=val_every,
-        keep_last=keep_last, min_minutes=min_minutes))
+        keep_last=keep_last, min_minutes=min_minutes, pick=pick))
     summary = train(ws, settings, base=base, restart=restart, stop_at=stop_at, recipe=recipe)
     emit(summary, as_json)
 
@@ -469,6 +477,32 @@ def _say_credentials(video: Path) -> None:
         info(f"Content Credentials: AI-generated, {report['note']}")
     else:
         info(f"Content Credentials: AI-generated, signed by {report['signer']['name']} (your certificate)")
+
+
+# ------------------------------------------------------------------------------------------------
+@cli.command(context_settings=CONTEXT)
+@json_option
+@click.pass_obj
+def status(ctx: Ctx, as_json: bool) -> None:
+    """Show the pack at a glance: consent, dataset sizes, the chosen LoRA and voice with the scores
+    they were chosen by, the last render's likeness, and what to do next.
+
+    Reads only the files the other verbs wrote; changes nothing and takes no lock, so it can run
+    while a training or a render is under way. --json prints the whole picture on stdout.
+
+    \b
+    Examples:
+      persona status
+      persona -w mikebot status --json
+      persona status --json | jq .voice.speaker_similarity
+    """
+    from persona.status import pack_status, show
+
+    report = pack_status(ctx.workspace())
+    if as_json:
+        emit(report, True)
+    else:
+        show(report)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -150,7 +150,7 @@ def step_train_voice(d: Demo) -> str:
 
     ws = d.workspace
     settings = VoiceSettings(updates=6, val_every=3, batch_frames=1500, val_clips=1, val_repeats=2,
-                             min_minutes=0.1, num_workers=0, learning_rate=1e-3)
+                             min_minutes=0.1, num_workers=0, learning_rate=1e-3, likeness_steps=4)
     summary = train_voice(ws, settings)
     d.results["train_voice"] = {k: summary[k] for k in ("update", "baseline_val_loss", "best")}
     best = summary["best"]

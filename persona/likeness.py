@@ -123,6 +123,18 @@ def speaker_similarity(wav: np.ndarray, sr: int, reference: np.ndarray, encoder:
     return float(voice_embedding(wav, sr, encoder) @ unit(np.asarray(reference, np.float32)))
 
 
+def pack_reference_voice(ws: Any) -> tuple[np.ndarray | None, Any, str | None]:
+    """(the reference voice embedding, the encoder that made it, None), or (None, None, why not):
+    no reference stored yet, or the pack's encoder has changed since ingest."""
+    record = read_json(ws.path(REFERENCE_VOICE), None)
+    if not isinstance(record, dict) or not record.get("embedding"):
+        return None, None, f"no {REFERENCE_VOICE}: run `persona ingest` to store the reference voice"
+    encoder, why = _voice_encoder(ws, record)
+    if encoder is None:
+        return None, None, why
+    return np.asarray(record["embedding"], np.float32), encoder, None
+
+
 def mouth_motion(frames: list[np.ndarray], backend: str = "dlib", every: int = 5) -> np.ndarray:
     """Motion energy of the mouth region between consecutive frames (len(frames) - 1 values).
 

@@ -230,10 +230,12 @@ def test_cli_json_and_one_line_errors(voice_ws):
         return subprocess.run([sys.executable, "-m", "persona", "-w", str(voice_ws.root), "train-voice", *args],
                               capture_output=True, text=True, timeout=600)
 
-    out = run("--updates", "2", "--val-every", "1", "--batch-frames", "1500", "--min-minutes", "0.5", "--json")
+    out = run("--updates", "2", "--val-every", "1", "--batch-frames", "1500", "--min-minutes", "0.5", "--pick", "loss",
+              "--json")
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(out.stdout)  # nothing but the summary on stdout
     assert summary["finished"] and summary["voice"]["checkpoint"] == "voice/model.safetensors"
+    assert summary["choice"]["pick"] == "loss" and "chose update" in out.stderr
     assert summary["plan"]["total_updates"] == 2 and summary["recipe"] is None
     refused = run("--min-minutes", "30")
     assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1

@@ -2,11 +2,13 @@
 
 Steps: check the dataset (transcripts, amount, characters outside the vocab), write the train and
 held-out splits in F5's format, plan the hyperparameters from the data and the recipe, train with
-resume (train/voice_trainer.py), then export the checkpoint with the lowest validation loss.
+resume (train/voice_trainer.py), hearing held-out lines at every validation (train/voice_likeness.py),
+then export the checkpoint and weight set (EMA or raw) that sounds most like the person (`pick =
+"likeness"`), or the EMA weights with the lowest validation loss (`pick = "loss"`).
 
 Run folders (caches, outside the pack), named by what they were made from so no run deletes another's
 work: runs/voice/data-<split key>/{train,val}/raw.arrow and runs/voice/<run key>/{checkpoints/model_N.pt,
-checkpoints/best.safetensors, run.json}. Export: voice/{model.safetensors, vocab.txt,
+checkpoints/best.safetensors, checkpoints/picked.safetensors, run.json, likeness.json, likeness.png}. Export: voice/{model.safetensors, vocab.txt,
 model_config.json (only for a non-v1-Base architecture), ref.wav, ref.txt, training.json} and [voice].
 """
 
@@ -46,9 +48,13 @@ from persona.train.voice_trainer import (
     find_base,
     known_notices,
     quiet,
+    export_tensors,
+    picked_as,
     read_weights,
     sampler_for,
+    save_picked,
 )
+from persona.train.voice_likeness import held_out_lines, make_judge, plot, write_record
 
 FRAMES_PER_SECOND = SAMPLE_RATE / MEL["hop_length"]  # 93.75 mel frames per second of audio
 RECIPES_GB = (12, 24, 80)  # the shipped recipes recipes/voice/f5-<N>gb.toml, by the GPU memory they plan for
@@ -83,6 +89,15 @@ class VoiceSettings(BaseModel):
     min_minutes: float = Field(5.0, ge=0, description="refuse less transcribed speech than this")
     num_workers: int = Field(2, ge=0, description="data loader processes")
     seed: int = 0
+    # Which checkpoint to export: "likeness" hears held-out lines with the EMA and the raw weights at
+    # every validation and keeps the one closest to the reference voice (WER weighed in when Whisper
+    # is found); "loss" keeps the EMA weights with the lowest validation loss (the behaviour before).
+    pick: Literal["likeness", "loss"] = "likeness"
+    # 2 lines at 8 steps keep scoring near 5 % of a run on an hour of speech and below it from ~3 hours
+    # (benchmarks/voice_likeness_cost.py); F5's sway sampling keeps 8 steps intelligible.
+    likeness_clips: int = Field(2, ge=0, le=16, description="held-out lines said at each validation (0: no scoring)")
+    likeness_steps: int = Field(8, ge=1, le=64, description="flow-matching steps per line (32 for `persona speak`)")
+    wer_weight: float = Field(0.5, ge=0, description="similarity a word error rate of 1.0 costs in the pick")
 
 
 @dataclass
@@ -184,7 +199,7 @@ def prepare(data: VoiceData, vocab_path: Path, runs: Path, s: VoiceSettings) -> 
 @locked("train-voice")
 def train_voice(ws: Any, settings: VoiceSettings | None = None, *, base: str | Path | None = None,
                 restart: bool = False, stop_at: int | None = None, recipe: str | None = None) -> dict[str, Any]:
-    """`persona train-voice`: fine-tune, keep the best checkpoint by validation loss, export to the pack."""
+    """`persona train-voice`: fine-tune, pick the checkpoint by likeness (or loss), export it to the pack."""
     t0 = time.perf_counter()
     s = settings or VoiceSettings()
     ws.require_consent("training")
@@ -198,7 +213,11 @@ def train_voice(ws: Any, settings: VoiceSettings | None = None, *, base: str | P
     if plan.device == "cpu" and f5.arch == model_registry.f5_base_arch():
         warn("no CUDA GPU: F5TTS_v1_Base trains at about a minute per small update on a CPU; use a GPU")
 
-    trainer = Trainer(run, f5, vocab, weights, s)
+    judge, scoring = _judge(ws, data, s, plan.device)
+    info(f"likeness: {scoring}")
+    if judge is None and s.pick == "likeness":
+        warn(f"the voice is picked by validation loss: {scoring}")
+    trainer = Trainer(run, f5, vocab, weights, s, judge)
     del weights
     start = trainer.resume()
     end = min(plan.total_updates, stop_at) if stop_at else plan.total_updates
@@ -217,16 +236,63 @@ def train_voice(ws: Any, settings: VoiceSettings | None = None, *, base: str | P
         "baseline_val_loss": trainer.history[0]["val_loss"] if trainer.history else None,
         "best": trainer.best_entry(), "checkpoints": str(run.checkpoints), "run_dir": str(run.folder),
     }
+    choice = trainer.choice(s.pick)
+    config = judge.config() if judge is not None else None
+    trainer.judge = judge = None  # frees the vocoder before the export
+    if trainer.history:
+        write_record(run.folder, trainer.history, config, choice, scoring)
+        summary["likeness_plot"] = str(plot(trainer.history, choice, run.folder / "likeness.png"))
     if summary["finished"]:
-        summary["voice"] = export_voice(ws, run, f5, data, trainer.history)
+        choice = _exportable(run, choice, trainer.best_entry())
+        summary["choice"] = choice
+        summary["voice"] = export_voice(ws, run, f5, data, trainer.history, choice)
+        if choice:
+            info(f"chose {choice['reason']}; plot: {ws.relative(run.folder / 'likeness.png')}")
         base_loss, best = summary["baseline_val_loss"], summary["best"]
         if best and base_loss is not None and best["val_loss"] >= base_loss:
             warn(f"fine-tuning did not lower the validation loss ({best['val_loss']:.4g} vs the base's {base_loss:.4g}); "
                  "more data or a lower --lr may help")
     else:
         info(f"paused at update {trainer.update} of {plan.total_updates}; run `persona train-voice` again to continue")
+    # all validations' scoring, this session's and earlier ones' (the training seconds are this session's)
+    summary["likeness_seconds"] = round(sum(h.get("likeness_seconds", 0.0) for h in trainer.history), 2)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
+
+
+def _judge(ws: Any, data: VoiceData, s: VoiceSettings, device: str) -> tuple[Any, str]:
+    """The likeness judge for this run (or None) and a line saying what it scores."""
+    if s.likeness_clips == 0:
+        return None, "scoring is off (likeness_clips = 0)"
+    _, val = split_clips(data.clips, s.val_clips, s.seed)  # the held-out clips `prepare` wrote
+    lines = held_out_lines(val, s.likeness_clips)
+    return make_judge(ws, lines, data.reference, data.reference_text, device, s.likeness_steps, s.seed)
+
+
+def _exportable(run: Run, choice: dict[str, Any] | None, best: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The choice, with the file that holds its weights ("source"). The trainer keeps the best-so-far
+    likeness pick in picked.safetensors; only if the scoring changed mid-run (Whisper added or
+    removed) can the final pick be weights no longer kept: then they are rebuilt from their
+    checkpoint when it is still there, else the loss pick is exported and the reason says why."""
+    if choice is None:
+        return None
+    want = (choice["update"], choice["weights"])
+    if choice["pick"] == "loss":
+        return {**choice, "source": run.best.name}
+    if picked_as(run.picked) == want:
+        return {**choice, "source": run.picked.name}
+    kept = run.checkpoints / f"model_{choice['update']}.pt"
+    if kept.exists():
+        import torch
+
+        state = torch.load(kept, map_location="cpu", weights_only=True)
+        save_picked(run.picked, export_tensors(state, choice["weights"]), choice["update"], choice["weights"])
+        return {**choice, "source": run.picked.name}
+    warn(f"the weights of update {choice['update']} ({choice['weights']}) are no longer kept; exporting the "
+         "lowest-loss EMA weights instead")
+    return {**(best or {}), "weights": "ema", "pick": "loss", "fallback": True, "source": run.best.name,
+            "reason": f"{choice['reason']}; but those weights were not kept (the scoring changed mid-run), so the "
+                      f"lowest validation loss (update {best and best['update']}, EMA) was exported"}
 
 
 def _check_inputs(ws: Any, s: VoiceSettings, base: str | Path | None) -> tuple[VoiceData, Base, dict, dict, dict]:
@@ -274,20 +340,23 @@ def _val_batches(val_set: Any, s: VoiceSettings) -> list[dict[str, Any]]:
 
 
 # ---- export -------------------------------------------------------------------------------------
-def export_voice(ws: Any, run: Run, base: Base, data: VoiceData, history: list[dict[str, Any]]) -> dict[str, Any]:
-    """The best checkpoint's EMA weights, the vocab, the reference clip and its transcript, into
-    voice/ and [voice] (what `persona speak` loads)."""
+def export_voice(ws: Any, run: Run, base: Base, data: VoiceData, history: list[dict[str, Any]],
+                 choice: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The chosen weights (by likeness: EMA or raw; by loss: the best EMA weights), the vocab, the
+    reference clip and its transcript, into voice/ and [voice] (what `persona speak` loads)."""
     from persona.media import read_audio, write_audio
 
-    if not run.best.exists():
-        raise PersonaError("no best checkpoint to export", file=run.best, fix="run `persona train-voice --restart`")
+    source = run.checkpoints / choice["source"] if choice and choice.get("source") else run.best
+    if not source.exists():
+        raise PersonaError("no best checkpoint to export", file=source, fix="run `persona train-voice --restart`")
     out = ws.root / "voice"
     model = out / "model.safetensors"
-    key = hash_json({"best": hash_file(run.best), "vocab": hash_file(base.vocab), "arch": base.arch,
-                     "ref": hash_file(data.reference), "ref_text": data.reference_text})
+    key = hash_json({"best": hash_file(source), "vocab": hash_file(base.vocab), "arch": base.arch,
+                     "ref": hash_file(data.reference), "ref_text": data.reference_text,
+                     "choice": choice and {k: choice.get(k) for k in ("update", "weights", "pick", "reason")}})
     if not is_fresh(model, key):
         with atomic_path(model) as tmp:
-            shutil.copyfile(run.best, tmp)
+            shutil.copyfile(source, tmp)
         shutil.copyfile(base.vocab, out / "vocab.txt")
         sidecar = out / "model_config.json"
         if base.arch != model_registry.f5_base_arch():
@@ -297,7 +366,8 @@ def export_voice(ws: Any, run: Run, base: Base, data: VoiceData, history: list[d
         write_audio(out / "ref.wav", read_audio(data.reference, SAMPLE_RATE), SAMPLE_RATE)
         write_text(out / "ref.txt", data.reference_text + "\n")
         best = min((h for h in history if h["update"] > 0), key=lambda h: h["val_loss"])
-        write_json(out / "training.json", {"base": base.name, "best": best, "history": history, "plan": asdict(run.plan)})
+        write_json(out / "training.json", {"base": base.name, "best": best, "choice": choice, "history": history,
+                                           "plan": asdict(run.plan), "run_dir": ws.relative(run.folder)})
         mark_fresh(model, key, best_update=best["update"])
     values = {"checkpoint": ws.relative(model), "vocab": ws.relative(out / "vocab.txt"),
               "reference_audio": ws.relative(out / "ref.wav"), "reference_text": data.reference_text, "base": base.name}

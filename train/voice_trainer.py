@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import random
 import re
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from persona.train.voice_data import read_vocab
 
 if TYPE_CHECKING:
     from persona.train.voice import Plan, VoiceSettings
+    from persona.train.voice_likeness import Judge
 
 SAMPLE_RATE, HOP = 24000, 256
 MEL = dict(n_fft=1024, hop_length=HOP, win_length=1024, n_mel_channels=100, target_sample_rate=SAMPLE_RATE,
@@ -194,6 +197,36 @@ def _best_update(path: Path) -> int | None:
         return int((f.metadata() or {}).get("update", -1))
 
 
+def export_tensors(state: dict[str, Any], weights: str) -> dict[str, Any]:
+    """A checkpoint's EMA or raw weights under the EMA key names (`ema_model.*`), so every reader of
+    the export (F5's load_checkpoint(use_ema=True), `persona speak`) loads either unchanged."""
+    if weights == "ema":
+        items = ((k, v) for k, v in state["ema_model_state_dict"].items() if k.startswith("ema_model."))
+    else:
+        items = ((f"ema_model.{k}", v) for k, v in state["model_state_dict"].items())
+    return {k: v.detach().float().contiguous().cpu() for k, v in items if not k.startswith("ema_model.mel_spec.")}
+
+
+def save_picked(path: Path, tensors: dict[str, Any], update: int, weights: str) -> None:
+    from safetensors.torch import save_file
+
+    # One metadata key: safetensors writes its metadata map in no fixed order, and the same weights
+    # should make the same bytes (the export's freshness key hashes them).
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"picked": json.dumps({"update": update, "weights": weights})})
+
+
+def picked_as(path: Path) -> tuple[int, str] | None:
+    """(update, weights) that picked.safetensors holds, or None."""
+    if not path.exists():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads((f.metadata() or {}).get("picked", "{}"))
+    return int(meta.get("update", -1)), str(meta.get("weights", ""))
+
+
 @dataclass
 class Run:
     folder: Path
@@ -208,16 +241,22 @@ class Run:
     def best(self) -> Path:
         return self.checkpoints / "best.safetensors"
 
+    @property
+    def picked(self) -> Path:
+        """The weights the likeness pick chose so far (EMA or raw), kept like `best` for the export."""
+        return self.checkpoints / "picked.safetensors"
+
 
 class Trainer:
     """Model, EMA, optimizer and schedule for one run; checkpoints, resume and validation."""
 
-    def __init__(self, run: Run, base: Base, vocab: dict[str, int], weights: dict[str, Any], settings: VoiceSettings):
+    def __init__(self, run: Run, base: Base, vocab: dict[str, int], weights: dict[str, Any], settings: VoiceSettings,
+                 judge: Judge | None = None):
         import torch
         from ema_pytorch import EMA
         from torch.optim.lr_scheduler import LinearLR, SequentialLR
 
-        self.run, self.settings, self.plan = run, settings, run.plan
+        self.run, self.settings, self.plan, self.judge = run, settings, run.plan, judge
         self.device = run.plan.device
         self.model = build_model(base, vocab, weights, settings.checkpoint_activations).to(self.device)
         # A fresh EMA (step 0), not the pretrained one's 1.25M steps that would pin its decay at
@@ -277,6 +316,10 @@ class Trainer:
         best = self.best_entry()
         if best and best["update"] == self.update and _best_update(self.run.best) != best["update"]:
             _save_best(self.run.best, state["ema_model_state_dict"], best["update"], best["val_loss"])
+        choice = self.choice("likeness")
+        if choice and choice.get("pick") == "likeness" and choice["update"] == self.update \
+                and picked_as(self.run.picked) != (self.update, choice["weights"]):
+            save_picked(self.run.picked, export_tensors(state, choice["weights"]), self.update, choice["weights"])
 
     def save(self) -> Path:
         import torch
@@ -295,6 +338,12 @@ class Trainer:
         trained = [h for h in self.history if h["update"] > 0 and h.get("val_loss") is not None]
         return min(trained, key=lambda h: h["val_loss"]) if trained else None
 
+    def choice(self, pick: str) -> dict[str, Any] | None:
+        """The (update, weights) `pick` ("likeness" or "loss") chooses from the history so far."""
+        from persona.train.voice_likeness import candidates, pick_voice
+
+        return pick_voice(candidates(self.history), pick, self.settings.wer_weight)
+
     # -- validation --
     def validate(self, val_batches: list[dict[str, Any]], train_loss: float | None) -> dict[str, Any]:
         loss = validation_loss(self.ema.ema_model, val_batches, self.settings.seed, self.settings.val_repeats,
@@ -302,6 +351,17 @@ class Trainer:
         entry = {"update": self.update, "val_loss": round(loss, 6),
                  "train_loss": None if train_loss is None else round(train_loss, 6),
                  "lr": float(f"{self.scheduler.get_last_lr()[0]:.4g}")}
+        if self.judge is not None:
+            # Both weight sets are heard (at update 0 they are the base's, heard once); the raw ones
+            # get their own loss for the tie-break.
+            models = {"ema": self.ema.ema_model}
+            if self.update > 0:
+                models["raw"] = self.model
+                entry["raw_val_loss"] = round(validation_loss(self.model, val_batches, self.settings.seed,
+                                                              self.settings.val_repeats, self.device, self.autocast), 6)
+            started = time.perf_counter()
+            entry["likeness"] = self.judge.score(models, self.autocast)
+            entry["likeness_seconds"] = round(time.perf_counter() - started, 3)  # what scoring costs (not a score)
         self.history.append(entry)
         return entry
 
@@ -311,6 +371,10 @@ class Trainer:
         best = self.best_entry()
         if validated and best is not None and best["update"] == self.update:
             _save_best(self.run.best, self.ema.state_dict(), self.update, best["val_loss"])
+        choice = self.choice("likeness") if validated and self.judge is not None else None
+        if choice and choice.get("pick") == "likeness" and choice["update"] == self.update:
+            state = {"ema_model_state_dict": self.ema.state_dict(), "model_state_dict": self.model.state_dict()}
+            save_picked(self.run.picked, export_tensors(state, choice["weights"]), self.update, choice["weights"])
         write_json(self.run.folder / "run.json", {"key": self.run.key, "plan": asdict(self.plan),
                                                   "history": self.history, "best": best})
 
