@@ -24,6 +24,7 @@ next to synthesis (one forward per clip); the raw weights' loss adds one more an
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -60,6 +61,8 @@ def resemblyzer_seconds_per_second(repeats: int = 3) -> float:
 
 
 def share(recipe: str, hours: float, lines: int, steps: int, embed_s_per_s: float) -> dict[str, float]:
+    from persona.train.voice import VoiceSettings, scoring_interval
+
     batch = RECIPES[recipe]
     batches_per_epoch = max(1, int(hours * 3600 * FRAMES_PER_SECOND / batch))
     updates = min(max(50 * batches_per_epoch, 300), 30000)
@@ -72,8 +75,11 @@ def share(recipe: str, hours: float, lines: int, steps: int, embed_s_per_s: floa
     speech_s = lines * 2 * LINE_S
     side_s = speech_s * (embed_s_per_s + WHISPER_S_PER_S)  # per validation, in seconds
     side_share = side_s / (val_every * SECONDS_PER_UPDATE[recipe])
-    return {"updates": updates, "val_every": val_every, "dit_share": gpu_share, "side_share": side_share,
-            "total": gpu_share + side_share}
+    # The trainer scores every `every`-th validation (and the last): 20 validations, so 20 / every + 1.
+    every = scoring_interval(VoiceSettings(batch_frames=batch, likeness_clips=lines, likeness_steps=steps), val_every)
+    scored = (math.ceil(20 / every) + (20 % every != 0)) / 20
+    return {"updates": updates, "val_every": val_every, "every": every, "dit_share": gpu_share * scored,
+            "side_share": side_share * scored, "total": (gpu_share + side_share) * scored}
 
 
 def main() -> None:
@@ -88,11 +94,11 @@ def main() -> None:
     print(f"measured: Resemblyzer speaker similarity {embed * 1000:.1f} ms per second of speech (this CPU)")
     print(f"scoring: {args.lines} line(s) x 2 weight sets x {args.steps} steps per validation "
           f"(takes of {PROMPT_S + LINE_S:g} s, guidance doubling the batch)")
-    print(f"{'recipe':<9} {'data':>6} {'updates':>8} {'val every':>10} {'DiT share':>10} {'ASR+embed':>10} {'total':>7}")
+    print(f"{'recipe':<9} {'data':>6} {'updates':>8} {'val every':>10} {'scored':>7} {'DiT share':>10} {'ASR+embed':>10} {'total':>7}")
     for recipe in RECIPES:
         for hours in (0.5, 1, 3, 10):
             r = share(recipe, hours, args.lines, args.steps, embed)
-            print(f"{recipe:<9} {hours:>5g}h {r['updates']:>8} {r['val_every']:>10} {r['dit_share']:>9.1%} "
+            print(f"{recipe:<9} {hours:>5g}h {r['updates']:>8} {r['val_every']:>10} {'1/' + str(r['every']):>7} {r['dit_share']:>9.1%} "
                   f"{r['side_share']:>9.1%} {r['total']:>6.1%}")
 
 

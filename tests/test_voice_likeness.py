@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from persona.files import read_json
 from persona.samples import synthetic_voice_dataset
-from persona.train.voice import VoiceSettings, train_voice
+from persona.train.voice import VoiceSettings, plan_training, train_voice
 from persona.train.voice_likeness import (
     TIE,
     candidates,
@@ -23,11 +23,28 @@ from persona.train.voice_likeness import (
 from persona.train.voice_data import Clip
 
 TINY = dict(updates=4, val_every=2, batch_frames=1500, val_clips=2, val_repeats=1, min_minutes=0.5,
-            learning_rate=1e-3, num_workers=0, likeness_clips=2, likeness_steps=4)
+            learning_rate=1e-3, num_workers=0, likeness_clips=2, likeness_steps=4, likeness_every=1)
 
 
 def cand(update, weights, sim, wer=None, loss=1.0):
     return {"update": update, "weights": weights, "val_loss": loss, "speaker_similarity": sim, "wer": wer}
+
+
+def test_scoring_stays_within_its_share_of_a_run():
+    # GPU-sized plans on the 24 GB recipe's batch (6400 frames): half an hour of speech is 1300 updates,
+    # validated every 65; ten hours, 26350 updates validated every 1317.
+    s = VoiceSettings(batch_frames=6400)
+    half_hour = plan_training(s, 26, 1800, 250, 8, "cuda")
+    ten_hours = plan_training(s, 527, 36000, 5000, 8, "cuda")
+    assert (half_hour.val_every, ten_hours.val_every) == (65, 1317)
+    assert half_hour.likeness_every == 5 and ten_hours.likeness_every == 1
+    # what the interval keeps: scoring work per validation over training work between two scorings
+    per_validation = 2.5 * s.likeness_clips * 2 * s.likeness_steps * 2 * 14 * 93.75
+    assert per_validation / (half_hour.likeness_every * half_hour.val_every * 3 * 6400) <= 0.04
+    assert plan_training(s.model_copy(update={"likeness_every": 2}), 26, 1800, 250, 8, "cuda").likeness_every == 2
+    assert plan_training(s.model_copy(update={"likeness_clips": 0}), 26, 1800, 250, 8, "cuda").likeness_every == 1
+    # a tiny CPU run scores only the base and the end unless told otherwise
+    assert plan_training(VoiceSettings(**{**TINY, "likeness_every": None}), 4, 60, 10, 2, "cpu").likeness_every > 2
 
 
 # ---- the rule -----------------------------------------------------------------------------------

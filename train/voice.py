@@ -93,10 +93,12 @@ class VoiceSettings(BaseModel):
     # every validation and keeps the one closest to the reference voice (WER weighed in when Whisper
     # is found); "loss" keeps the EMA weights with the lowest validation loss (the behaviour before).
     pick: Literal["likeness", "loss"] = "likeness"
-    # 2 lines at 8 steps keep scoring near 5 % of a run on an hour of speech and below it from ~3 hours
-    # (benchmarks/voice_likeness_cost.py); F5's sway sampling keeps 8 steps intelligible.
-    likeness_clips: int = Field(2, ge=0, le=16, description="held-out lines said at each validation (0: no scoring)")
+    # F5's sway sampling keeps 8 steps intelligible. How often to score is set by the plan to stay
+    # within LIKENESS_BUDGET of the run (see scoring_interval).
+    likeness_clips: int = Field(2, ge=0, le=16, description="held-out lines said at each scored validation (0: no scoring)")
     likeness_steps: int = Field(8, ge=1, le=64, description="flow-matching steps per line (32 for `persona speak`)")
+    likeness_every: int | None = Field(None, ge=1, description="validations between scorings (default: as often as "
+                                                               "keeps scoring within 4 % of the run)")
     wer_weight: float = Field(0.5, ge=0, description="similarity a word error rate of 1.0 costs in the pick")
 
 
@@ -114,6 +116,7 @@ class Plan:
     warmup_updates: int
     learning_rate: float
     val_every: int
+    likeness_every: int
     epochs: float
     device: str
     precision: str
@@ -121,7 +124,26 @@ class Plan:
 
     def trajectory(self) -> dict[str, Any]:
         """What determines the weights (a change starts training over); val_every etc. do not."""
-        return {k: v for k, v in asdict(self).items() if k not in ("val_every", "epochs", "device")}
+        return {k: v for k, v in asdict(self).items() if k not in ("val_every", "likeness_every", "epochs", "device")}
+
+
+# Scoring's share of a run, in DiT frame-passes (benchmarks/voice_likeness_cost.py has the figures): a
+# take is the ~8 s reference prompt plus a ~6 s line at 93.75 mel frames a second, synthesised with
+# classifier-free guidance (a doubled batch) by both weight sets; a training update is about three
+# passes (forward and backward) over its frames. Speaker embedding and Whisper add up to 1.5x the
+# synthesis on the benchmark's figures, hence 2.5. Counted in work, not seconds, so the schedule is
+# the same on every resume.
+LIKENESS_BUDGET = 0.04
+TAKE_FRAMES = 14 * 93.75
+
+
+def scoring_interval(s: VoiceSettings, val_every: int) -> int:
+    """Validations between likeness scorings, so that scoring stays within LIKENESS_BUDGET of the run."""
+    if s.likeness_every or not s.likeness_clips:
+        return s.likeness_every or 1
+    scoring = 2.5 * s.likeness_clips * 2 * s.likeness_steps * 2 * TAKE_FRAMES
+    training = val_every * 3 * s.batch_frames * s.grad_accum
+    return max(1, math.ceil(scoring / (LIKENESS_BUDGET * training) - 1e-9))
 
 
 def plan_training(s: VoiceSettings, batches_per_epoch: int, train_seconds: float, train_clips: int, val_clips: int,
@@ -132,11 +154,12 @@ def plan_training(s: VoiceSettings, batches_per_epoch: int, train_seconds: float
     frames = s.batch_frames * s.grad_accum
     lr = s.learning_rate or REFERENCE_LR * math.sqrt(frames / REFERENCE_FRAMES)
     cuda = device.startswith("cuda")
+    val_every = s.val_every or max(1, total // 20)
     return Plan(
         train_clips=train_clips, val_clips=val_clips, train_minutes=round(train_seconds / 60, 2),
         batch_frames=s.batch_frames, grad_accum=s.grad_accum, batches_per_epoch=batches_per_epoch,
         total_updates=total, warmup_updates=warmup, learning_rate=float(f"{lr:.3g}"),
-        val_every=s.val_every or max(1, total // 20), epochs=round(total / updates_per_epoch, 2), device=device,
+        val_every=val_every, likeness_every=scoring_interval(s, val_every), epochs=round(total / updates_per_epoch, 2), device=device,
         precision=s.precision if cuda else "fp32", optimizer=s.optimizer if cuda else "adamw",
     )
 

@@ -351,7 +351,9 @@ class Trainer:
         entry = {"update": self.update, "val_loss": round(loss, 6),
                  "train_loss": None if train_loss is None else round(train_loss, 6),
                  "lr": float(f"{self.scheduler.get_last_lr()[0]:.4g}")}
-        if self.judge is not None:
+        scored = self.update == 0 or self.update == self.plan.total_updates or \
+            (self.update // self.plan.val_every) % self.plan.likeness_every == 0
+        if self.judge is not None and scored:
             # Both weight sets are heard (at update 0 they are the base's, heard once); the raw ones
             # get their own loss for the tie-break.
             models = {"ema": self.ema.ema_model}
