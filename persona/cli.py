@@ -117,7 +117,7 @@ def init(name: str, directory: Path | None, token: str | None, person: str | Non
           --scope "educational explainer videos" --consent-date 2025-05-01
     """
     from persona.progress import info, warn
-    from persona.workspace import Consent, Workspace, slugify
+    from persona.workspace import Workspace, consent_from, slugify
 
     directory = directory or Path(slugify(name))
     consent = None
@@ -127,13 +127,8 @@ def init(name: str, directory: Path | None, token: str | None, person: str | Non
         if interactive:
             granted_by = granted_by or click.prompt("Consent granted by", default=person, err=True)
             scope = scope or click.prompt("Scope of use (what the likeness may be used for)", err=True)
-        if not granted_by or not scope:
-            raise PersonaError(
-                "consent is required: who granted it and for what",
-                fix='pass --granted-by "NAME" --scope "WHAT FOR" (or run in a terminal to be asked, or --no-consent)',
-            )
-        consent = Consent(person=person, granted_by=granted_by, scope=scope,
-                          date=(consent_date.date() if consent_date else dt.date.today()), reference=consent_reference)
+        consent = consent_from(person, granted_by, scope, consent_date.date() if consent_date else None,
+                               consent_reference)
     ws = Workspace.create(directory, name, token=token, consent=consent)
     info(f"created {escape(str(ws.manifest_path))} (token [bold]{escape(ws.token)}[/bold])", markup=True)
     if consent is None:
@@ -607,6 +602,36 @@ def demo(keep: Path | None, as_json: bool) -> None:
 
     summary = run_demo(keep)
     emit(summary, as_json)
+
+
+# ------------------------------------------------------------------------------------------------
+@cli.command(context_settings=CONTEXT)
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True, help="Port to listen on.")
+@click.option("--listen", is_flag=True, help="Listen on every network interface, not only 127.0.0.1 (needs --auth).")
+@click.option("--share", is_flag=True, help="Also open a public Gradio share link (needs --auth and internet).")
+@click.option("--auth", envvar="PERSONA_STUDIO_AUTH", metavar="USER:PASSWORD",
+              help="Ask for this user and password (default: $PERSONA_STUDIO_AUTH).")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              help="The folder workspaces are created in and opened from (default: the current one).")
+@click.pass_obj
+def studio(ctx: Ctx, port: int, listen: bool, share: bool, auth: str | None, root: Path) -> None:
+    """The whole lifecycle in a web page: workspace and consent, ingest and dataset review,
+    trainings with live loss curves and sample grids, speak, script editing and rendering.
+
+    Long work runs as background jobs (the same verbs as here, under .persona/jobs/ in the
+    workspace), so a page reload or a closed browser loses nothing. Listens on 127.0.0.1 only,
+    unless --listen or --share, which need --auth.
+
+    \b
+    Examples:
+      persona studio                       then open http://127.0.0.1:7860
+      persona -w mikebot studio --port 8000
+      persona studio --listen --auth me:a-long-password
+    """
+    from persona.studio import serve
+
+    ws = ctx.workspace_or_none()
+    serve(root, ws.root if ws else None, port=port, listen=listen, share=share, auth=auth)
 
 
 # ------------------------------------------------------------------------------------------------
