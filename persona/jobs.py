@@ -29,6 +29,7 @@ from persona.files import process_alive, read_json, write_json
 
 JOBS = ".persona/jobs"
 INTERRUPTED = 130  # persona.cli.EXIT_INTERRUPTED
+BUSY = 75  # persona.cli.EXIT_BUSY
 # A persona.progress.meter line when stderr is not a terminal: "training: 30/100 (30%), ETA 12 s  loss 0.3"
 PROGRESS = re.compile(r"^(?P<what>[^:\n]+): (?P<done>[\d.]+)/(?P<total>[\d.]+) \((?P<pct>\d+)%\), (?P<eta>ETA [\d.]+ s|[\d.]+ s)(?P<status>.*)$")
 _children: dict[int, subprocess.Popen] = {}  # started by this process: polled so that none stays a zombie
@@ -100,8 +101,9 @@ def read(root: str | Path, job_id: str) -> dict[str, Any]:
     log = read_log(root, job_id)
     record.update(state=state, progress=last_progress(log), log_tail="\n".join(log.splitlines()[-12:]))
     error = record.get("error")
-    if state == "failed" and isinstance(error, dict):
-        record["message"] = str(PersonaError(error.get("error") or "failed", file=error.get("file"), fix=error.get("fix")))
+    if state == "failed" and isinstance(error, dict):  # as the CLI prints it
+        line = str(PersonaError(error.get("error") or "failed", file=error.get("file"), fix=error.get("fix")))
+        record["message"] = line if rc == BUSY else f"error: {line}"
     elif state == "failed":
         record["message"] = f"{record['label']} failed (exit {rc}); see {path.with_suffix('.log')}"
     elif state == "stopped":

@@ -66,8 +66,8 @@ def message(e: Exception) -> str:
     if isinstance(e, PersonaError):
         from persona.lock import WorkspaceBusy
 
-        return f"❌ {e}" if isinstance(e, WorkspaceBusy) else f"❌ error: {e}"
-    return f"❌ error: {e.__class__.__name__}: {e}"
+        return f"✗ {e}" if isinstance(e, WorkspaceBusy) else f"✗ error: {e}"
+    return f"✗ error: {e.__class__.__name__}: {e}"
 
 
 # ---- workspace -----------------------------------------------------------------------------------
@@ -85,7 +85,7 @@ def create_workspace(st: Studio, name: str, folder: str, granted_by: str, scope:
     root = st.inside(folder.strip() or slugify(name))
     ws = Workspace.create(root, name.strip(), token=(token or "").strip() or None, consent=consent)
     st.workspace_root = ws.root
-    return f"✅ created {ws.manifest_path} (token **{ws.token}**)"
+    return f"✓ created {ws.manifest_path} (token **{ws.token}**)"
 
 
 def open_workspace(st: Studio, folder: str) -> str:
@@ -94,7 +94,7 @@ def open_workspace(st: Studio, folder: str) -> str:
     root = st.inside(folder.strip() or ".")
     ws = Workspace.find(root)
     st.workspace_root = ws.root
-    return f"✅ opened {ws.root}"
+    return f"✓ opened {ws.root}"
 
 
 def pack_status(st: Studio) -> str:
@@ -149,15 +149,15 @@ def stop_job(st: Studio, verbs: tuple[str, ...]) -> str:
     return "nothing running"
 
 
-def job_box(st: Studio, verbs: tuple[str, ...], label: str | None = None) -> str:
+def job_box(st: Studio, verbs: tuple[str, ...], labels: tuple[str, ...] | None = None) -> str:
     """The latest job of these verbs: its state, its progress with ETA, or its one-line error."""
     if st.workspace_root is None:
         return ""
-    found = [j for j in jobs.jobs(st.workspace_root) if j["verb"] in verbs and (label is None or j["label"] == label)]
+    found = [j for j in jobs.jobs(st.workspace_root) if j["verb"] in verbs and (labels is None or j["label"] in labels)]
     if not found:
         return "no job yet"
     j = found[0]
-    icon = {"running": "⏳", "done": "✅", "failed": "❌", "stopped": "⏹"}[j["state"]]
+    icon = {"running": "…", "done": "✓", "failed": "✗", "stopped": "■"}[j["state"]]
     head = f"{icon} **{html.escape(j['label'])}** {j['state']} (started {j['started'][11:19]})"
     p = j.get("progress")
     if j["state"] == "running" and p:
@@ -202,7 +202,7 @@ def save_uploads(st: Studio, files: list[str] | None) -> str:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(src, dest)
         kept.append(ws.relative(dest))
-    return "✅ saved " + ", ".join(kept)
+    return "✓ saved " + ", ".join(kept)
 
 
 def uploads(st: Studio) -> str:
@@ -212,14 +212,23 @@ def uploads(st: Studio) -> str:
     return "\n".join(str(p) for p in sorted(folder.iterdir())) if folder.is_dir() else ""
 
 
-def start_ingest(st: Studio, paths: str, count: float | None, image_recipe: str, voice_recipe: str,
+def _count(value: str | None, what: str) -> list[str]:
+    """A whole number typed into the page, as the CLI flag's value (nothing when left empty)."""
+    text = str(value or "").strip()
+    if not text:
+        return []
+    if not text.isdigit() or int(text) < 1:
+        raise PersonaError(f"{what} must be a whole number of at least 1, not {text!r}", fix=f"correct {what}")
+    return [text]
+
+
+def start_ingest(st: Studio, paths: str, count: str | None, image_recipe: str, voice_recipe: str,
                  presenter_recipe: str) -> str:
     footage = [line.strip() for line in (paths or "").splitlines() if line.strip()]
     if not footage:
         raise PersonaError("no footage to ingest", fix="give paths (one per line) or upload files first")
     args = ["ingest", *footage]
-    if count:
-        args += ["--count", str(int(count))]
+    args += [f"--count={n}" for n in _count(count, "images to pick")]
     for flag, value in (("--image-recipe", image_recipe), ("--voice-recipe", voice_recipe),
                         ("--presenter-recipe", presenter_recipe)):
         if (value or "").strip():
@@ -241,6 +250,24 @@ def image_review(st: Studio) -> tuple[list[tuple[str, str]], list[tuple[str, str
             str(sheet) if sheet.exists() else None)
 
 
+def file_url(path: str | Path) -> str:
+    """Where the page fetches a workspace file (Gradio's file route; the workspace is an allowed path)."""
+    return html.escape(f"/gradio_api/file={Path(path).resolve()}", quote=True)
+
+
+def media_grid(items: list[tuple[str, str]], empty: str) -> str:
+    """Videos (with controls) and pictures in a grid: Gradio 6's gallery shows no videos."""
+    if not items:
+        return f"<p class='empty'>{html.escape(empty)}</p>"
+    cells = []
+    for path, caption in items:
+        src = file_url(path)
+        media = (f"<video controls preload='metadata' src=\"{src}\"></video>" if path.endswith(".mp4")
+                 else f"<img src=\"{src}\" alt=''>")
+        cells.append(f"<figure>{media}<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return f"<div class='media-grid'>{''.join(cells)}</div>"
+
+
 def voice_review(st: Studio) -> list[list[Any]]:
     """The voice clips as table rows: a play button, the file, seconds, transcript, kept or dropped."""
     from persona.data.review import listing
@@ -252,17 +279,19 @@ def voice_review(st: Studio) -> list[list[Any]]:
     rows = []
     for state, entries in (("kept", r["kept"]), ("dropped by hand", r["dropped"])):
         for e in entries:
-            src = html.escape(f"/gradio_api/file={ws.path(e['path'])}", quote=True)
-            rows.append([f"<audio controls preload='none' src=\"{src}\"></audio>", e["path"], e.get("duration"),
+            rows.append([f"<audio controls preload='none' src=\"{file_url(ws.path(e['path']))}\"></audio>", e["path"],
+                         e.get("duration"),
                          e.get("text") or "", state])
     return rows
 
 
-def presenter_clips(st: Studio) -> list[str]:
+def presenter_clips(st: Studio) -> str:
     ws = st.ws()
     folder = ws.pack.datasets.presenter
     entries = read_json(ws.path(folder) / "manifest.json", []) if folder else []
-    return [str(ws.path(folder) / e["file"]) for e in entries if isinstance(e, dict) and "file" in e]
+    return media_grid([(str(ws.path(folder) / e["file"]), f"{folder}/{e['file']}") for e in entries
+                       if isinstance(e, dict) and "file" in e], "no presenter clips (ingest finds them in footage "
+                                                                "where the person faces the camera alone)")
 
 
 def drop_or_keep(st: Studio, file: str, keep: bool) -> str:
@@ -272,7 +301,7 @@ def drop_or_keep(st: Studio, file: str, keep: bool) -> str:
         raise PersonaError("nothing selected", fix="click an image or a clip's row first")
     ws = st.ws()
     r = (review.keep if keep else review.drop)(ws, file.strip())
-    return f"✅ {'kept' if keep else 'dropped'} {r['file']}: {r['kept']} {r['kind']} in the dataset, {r['dropped']} dropped"
+    return f"✓ {'kept' if keep else 'dropped'} {r['file']}: {r['kept']} {r['kind']} in the dataset, {r['dropped']} dropped"
 
 
 # ---- training ------------------------------------------------------------------------------------
@@ -296,7 +325,7 @@ def lora_monitor(st: Studio) -> tuple[Any, list[str], dict[str, Any] | None]:
         record = read_json(ws.path(ws.pack.lora.path + ".json"), {})
         if record.get("losses"):
             points = list(enumerate(record["losses"], 1))
-    return pd.DataFrame(points, columns=["step", "loss"]), grids, summary
+    return pd.DataFrame(points, columns=["step", "loss"], dtype=float), grids, summary
 
 
 def voice_monitor(st: Studio) -> tuple[Any, dict[str, Any] | None]:
@@ -306,7 +335,7 @@ def voice_monitor(st: Studio) -> tuple[Any, dict[str, Any] | None]:
     ws = st.ws()
     job = jobs.latest(ws.root, "train-voice")
     points = _losses(jobs.read_log(ws.root, job["id"])) if job else []
-    return pd.DataFrame(points, columns=["step", "loss"]), job.get("summary") if job else None
+    return pd.DataFrame(points, columns=["step", "loss"], dtype=float), job.get("summary") if job else None
 
 
 def _losses(log: str) -> list[tuple[float, float]]:
@@ -320,15 +349,15 @@ def _losses(log: str) -> list[tuple[float, float]]:
     return points
 
 
-def start_lora(st: Studio, recipe: str, steps: float | None, restart: bool) -> str:
+def start_lora(st: Studio, recipe: str, steps: str | None, restart: bool) -> str:
     args = ["train-lora"] + (["--recipe", recipe.strip()] if (recipe or "").strip() else [])
-    args += (["--steps", str(int(steps))] if steps else []) + (["--restart"] if restart else [])
+    args += [f"--steps={n}" for n in _count(steps, "steps")] + (["--restart"] if restart else [])
     return start_job(st, args, "train-lora")
 
 
-def start_voice(st: Studio, recipe: str, updates: float | None, restart: bool) -> str:
+def start_voice(st: Studio, recipe: str, updates: str | None, restart: bool) -> str:
     args = ["train-voice"] + (["--recipe", recipe.strip()] if (recipe or "").strip() else [])
-    args += (["--updates", str(int(updates))] if updates else []) + (["--restart"] if restart else [])
+    args += [f"--updates={n}" for n in _count(updates, "updates")] + (["--restart"] if restart else [])
     return start_job(st, args, "train-voice")
 
 
@@ -422,7 +451,7 @@ def save_script(st: Studio, name: str, title: str, rows: Any) -> str:
     with workspace_lock(ws, "edit script"):
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text(path, script.model_dump_json(indent=2))
-    return f"✅ saved {ws.relative(path)} ({len(scenes)} scenes)"
+    return f"✓ saved {ws.relative(path)} ({len(scenes)} scenes)"
 
 
 def start_render(st: Studio, name: str, title: str, rows: Any, redo: str | None, *settings: str) -> str:
@@ -433,7 +462,15 @@ def start_render(st: Studio, name: str, title: str, rows: Any, redo: str | None,
     return start_job(st, args, f"render {name}")
 
 
-def render_views(st: Studio, name: str) -> tuple[list[tuple[str, str]], Any, list[str], str | None, str]:
+def latest_render(st: Studio) -> str:
+    """The render worked on last (the page shows it after a reload)."""
+    if st.workspace_root is None or not st.ws().path("renders").is_dir():
+        return "video"
+    renders = [d for d in st.ws().path("renders").iterdir() if d.is_dir()]
+    return max(renders, key=lambda d: d.stat().st_mtime).name if renders else "video"
+
+
+def render_views(st: Studio, name: str) -> tuple[str, Any, list[str], str | None, str]:
     """(scene previews, the final video with subtitles, files to download, likeness plot, the record)."""
     ws = st.ws()
     rdir = ws.path("renders") / render_name(name)
@@ -450,13 +487,18 @@ def render_views(st: Studio, name: str) -> tuple[list[tuple[str, str]], Any, lis
     record = read_json(rdir / "render.json", None)
     shown = {k: record.get(k) for k in ("title", "completed", "zero_shot", "sources", "model_loads", "likeness")
              } if isinstance(record, dict) else {}
-    return previews, video, files, str(likeness) if likeness.exists() else None, json.dumps(shown, indent=2)
+    return (media_grid(previews, "no scenes rendered yet"), video, files, str(likeness) if likeness.exists() else None,
+            json.dumps(shown, indent=2))
 
 
 # ---- the page ------------------------------------------------------------------------------------
 CSS = """
 .job-error { color: #b00020; font-weight: 600; }
 .msg p { margin: 0; }
+.media-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); gap: 8px; }
+.media-grid figure { margin: 0; }
+.media-grid video, .media-grid img { width: 100%; border-radius: 4px; background: #111; }
+.media-grid figcaption { font-size: 0.85em; }
 """
 
 
@@ -506,7 +548,7 @@ def build(st: Studio) -> gr.Blocks:
                                            elem_id="in-paths")
                         upload = gr.File(label=f"…or upload small files (up to {MAX_UPLOAD}; saved in the workspace)",
                                          file_count="multiple", elem_id="in-upload")
-                        count = gr.Number(label="Images to pick (default 30)", precision=0, elem_id="in-count")
+                        count = gr.Textbox(label="Images to pick", placeholder="30", elem_id="in-count")
                         with gr.Accordion("Recipes (a name or a .toml file)", open=False):
                             image_recipe = gr.Textbox(label="image recipe", elem_id="in-image-recipe")
                             voice_recipe = gr.Textbox(label="voice recipe", elem_id="in-voice-recipe")
@@ -533,14 +575,14 @@ def build(st: Studio) -> gr.Blocks:
                                      datatype=["html", "str", "number", "str", "str"], interactive=False,
                                      elem_id="in-clips")
                 gr.Markdown("### Presenter clips")
-                presenter = gr.Gallery(label="presenter clips", columns=4, height=220, elem_id="in-presenter")
+                presenter = gr.HTML(elem_id="in-presenter")
             # ---- Train
             with gr.Tab("Train", id="train"):
                 with gr.Row():
                     with gr.Column():
                         gr.Markdown("### Likeness LoRA (`persona train-lora`)")
                         lora_recipe = gr.Textbox(label="recipe (default: the largest this GPU fits)", elem_id="lora-recipe")
-                        lora_steps = gr.Number(label="steps (default: the recipe's)", precision=0)
+                        lora_steps = gr.Textbox(label="steps", placeholder="the recipe's")
                         lora_restart = gr.Checkbox(label="start over (otherwise a stopped run resumes)")
                         with gr.Row():
                             lora_btn = gr.Button("Start / resume", variant="primary", elem_id="lora-start")
@@ -552,7 +594,7 @@ def build(st: Studio) -> gr.Blocks:
                     with gr.Column():
                         gr.Markdown("### Voice (`persona train-voice`)")
                         voice_recipe_t = gr.Textbox(label="recipe (default: by GPU memory)")
-                        voice_updates = gr.Number(label="updates (default: from the data)", precision=0)
+                        voice_updates = gr.Textbox(label="updates", placeholder="from the data")
                         voice_restart = gr.Checkbox(label="start over")
                         with gr.Row():
                             voice_btn = gr.Button("Start / resume", variant="primary", elem_id="voice-start")
@@ -604,7 +646,8 @@ def build(st: Studio) -> gr.Blocks:
                     render_stop = gr.Button("Stop", elem_id="re-stop")
                     redo_scene = gr.Dropdown(choices=[], label="scene", elem_id="re-redo-scene", allow_custom_value=True)
                     redo_btn = gr.Button("Redo this scene", elem_id="re-redo")
-                previews = gr.Gallery(label="scenes", columns=4, height=240, elem_id="re-previews")
+                gr.Markdown("### Scenes")
+                previews = gr.HTML(elem_id="re-previews")
                 with gr.Row():
                     final = gr.Video(label="final video", elem_id="re-final", interactive=False)
                     likeness = gr.Image(label="likeness", type="filepath", interactive=False, elem_id="re-likeness")
@@ -624,8 +667,8 @@ def build(st: Studio) -> gr.Blocks:
             if st.workspace_root is None:
                 return [""] * len(job_boxes)
             return [job_box(st, ("ingest",)), job_box(st, ("train-lora",)), job_box(st, ("train-voice",)),
-                    job_box(st, ("speak",)), job_box(st, ("render",), f"render {render_name(rn)}")
-                    if render_name(rn) else ""]
+                    job_box(st, ("speak",)), job_box(st, ("render",), (f"script {render_name(rn)}",
+                                                                        f"render {render_name(rn)}"))]
 
         def refresh(rn: str) -> list[Any]:
             """Every view, read from disk (after a job ends, an action, or a page load)."""
@@ -672,12 +715,17 @@ def build(st: Studio) -> gr.Blocks:
                 return [text] + (safe_refresh(rn) if refresh_after else [gr.skip()] * len(views))
             return dict(fn=run, inputs=[*inputs, rname], outputs=[msg, *views])
 
-        timer.tick(tick, [rname, seen], [*job_boxes, seen, *views])
-        app.load(safe_refresh, [rname], views)
+        timer.tick(tick, [rname, seen], [*job_boxes, seen, *views], show_progress="hidden")
+        app.load(lambda: latest_render(st), None, rname).then(safe_refresh, [rname], views)
         create.click(**act(create_workspace, ws_msg, name, folder, granted, scope, date, reference, token))
         open_btn.click(**act(open_workspace, ws_msg, open_path))
         doctor_btn.click(g(lambda: doctor_report(st)), None, doctor_out)
-        upload.upload(**act(save_uploads, in_msg, upload)).then(lambda: (None, uploads(st)), None, [upload, paths])
+        def with_uploads(typed: str) -> tuple[None, str]:
+            """The typed paths, plus the workspace's uploads not yet among them (typed ones are kept)."""
+            lines = [x for x in (typed or "").splitlines() if x.strip()]
+            return None, "\n".join(lines + [u for u in uploads(st).splitlines() if u not in lines])
+
+        upload.upload(**act(save_uploads, in_msg, upload)).then(with_uploads, paths, [upload, paths])
         ingest_btn.click(**act(start_ingest, in_msg, paths, count, image_recipe, voice_recipe, presenter_recipe,
                                refresh_after=False))
         ingest_stop.click(**act(lambda s: stop_job(s, ("ingest",)), in_msg, refresh_after=False))
