@@ -470,6 +470,20 @@ def latest_render(st: Studio) -> str:
     return max(renders, key=lambda d: d.stat().st_mtime).name if renders else "video"
 
 
+def render_settings(st: Studio, name: str) -> list[str]:
+    """The settings the render's last job ran with (profile, LLM, URL, model, presenter), read back
+    from its argv, so a reloaded page renders the same way."""
+    values = {"--profile": "auto", "--llm": "recipe default", "--llm-url": "", "--llm-model": "", "--presenter": "auto"}
+    name = render_name(name)
+    job = next((j for j in jobs.jobs(st.workspace_root) if j["label"] in (f"script {name}", f"render {name}")), None) \
+        if st.workspace_root else None
+    argv = job["argv"] if job else []
+    for i, arg in enumerate(argv[:-1]):
+        if arg in values:
+            values[arg] = argv[i + 1]
+    return list(values.values())
+
+
 def render_views(st: Studio, name: str) -> tuple[str, Any, list[str], str | None, str]:
     """(scene previews, the final video with subtitles, files to download, likeness plot, the record)."""
     ws = st.ws()
@@ -716,7 +730,14 @@ def build(st: Studio) -> gr.Blocks:
             return dict(fn=run, inputs=[*inputs, rname], outputs=[msg, *views])
 
         timer.tick(tick, [rname, seen], [*job_boxes, seen, *views], show_progress="hidden")
-        app.load(lambda: latest_render(st), None, rname).then(safe_refresh, [rname], views)
+        def restore_settings(rn: str) -> list[Any]:
+            try:
+                return render_settings(st, rn)
+            except Exception:  # noqa: BLE001 - a name the user is still typing: the settings stay as they are
+                return [gr.skip()] * len(settings)
+
+        app.load(lambda: latest_render(st), None, rname).then(safe_refresh, [rname], views).then(
+            restore_settings, rname, settings)
         create.click(**act(create_workspace, ws_msg, name, folder, granted, scope, date, reference, token))
         open_btn.click(**act(open_workspace, ws_msg, open_path))
         doctor_btn.click(g(lambda: doctor_report(st)), None, doctor_out)
