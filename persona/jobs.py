@@ -32,7 +32,7 @@ INTERRUPTED = 130  # persona.cli.EXIT_INTERRUPTED
 BUSY = 75  # persona.cli.EXIT_BUSY
 # A persona.progress.meter line when stderr is not a terminal: "training: 30/100 (30%), ETA 12 s  loss 0.3"
 PROGRESS = re.compile(r"^(?P<what>[^:\n]+): (?P<done>[\d.]+)/(?P<total>[\d.]+) \((?P<pct>\d+)%\), (?P<eta>ETA [\d.]+ s|[\d.]+ s)(?P<status>.*)$")
-_children: dict[int, subprocess.Popen] = {}  # started by this process: polled so that none stays a zombie
+_children: dict[str, subprocess.Popen] = {}  # job id -> process started here: polled so that none stays a zombie
 
 
 def folder(root: str | Path) -> Path:
@@ -72,8 +72,8 @@ def start(root: str | Path, args: list[str], label: str | None = None) -> dict[s
         proc = subprocess.Popen([sys.executable, "-m", "persona.jobs", str(out / f"{job_id}.json")],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
                                 start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    _children[proc.pid] = proc  # the job writes its pid itself: one writer of the record at a time
-    return dict(read(root, job_id), pid=proc.pid)
+    _children[job_id] = proc  # the job writes its pid itself: one writer of the record at a time
+    return read(root, job_id)
 
 
 def _update(path: Path, **values: Any) -> None:
@@ -90,8 +90,10 @@ def read(root: str | Path, job_id: str) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise PersonaError("no such job", file=path, fix="start it again")
     pid = record.get("pid")
-    if pid in _children and _children[pid].poll() is not None:
-        _children.pop(pid)
+    if job_id in _children:
+        pid = record["pid"] = pid or _children[job_id].pid  # before the job has written it
+        if _children[job_id].poll() is not None:
+            _children.pop(job_id)
     rc = record.get("rc")
     if rc is None:
         alive = isinstance(pid, int) and process_alive(pid)

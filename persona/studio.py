@@ -115,7 +115,7 @@ def pack_status(st: Studio) -> str:
     rows.append(("voice", f"`{p.voice.checkpoint}`" if p.voice else "not trained (speaks zero-shot)"))
     renders = sorted(d.name for d in ws.path("renders").glob("*/final.mp4")) if ws.path("renders").is_dir() else []
     rows.append(("renders", ", ".join(renders) or "none yet"))
-    return f"**{ws.root}**\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return f"**{ws.root}**\n\n| part | state |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
 def doctor_report(st: Studio) -> str:
@@ -490,7 +490,7 @@ def render_views(st: Studio, name: str) -> tuple[str, Any, list[str], str | None
     rdir = ws.path("renders") / render_name(name)
     previews = []
     for scene in sorted(rdir.glob("scenes/*")):
-        for f in ("final.mp4", "synced.mp4", "video.mp4", "keyframe.png"):
+        for f in ("finished.mp4", "synced.mp4", "video.mp4", "keyframe.png"):  # the latest stage's output
             if (scene / f).exists():
                 previews.append((str(scene / f), f"scene {scene.name}: {f}"))
                 break

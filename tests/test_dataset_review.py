@@ -16,7 +16,7 @@ from persona.errors import PersonaError
 from persona.files import read_json, write_json
 from persona.samples import synthetic_voice_dataset
 from persona.train.lora_data import read_examples
-from persona.train.voice_data import load_voice_data
+from persona.train.voice_data import read_voice_dataset
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def test_drop_a_voice_clip(datasets):
     folder = ws.path("datasets/voice")
     rows = (folder / "metadata.csv").read_text().splitlines()
     assert rows[0] == "audio_file|text" and len(rows) == 3 and not any("0001.wav" in x for x in rows)
-    data = load_voice_data(folder)  # what train-voice reads
+    data = read_voice_dataset(folder)  # what train-voice reads
     assert sorted(c.file.name for c in data.clips) == ["0002.wav", "0003.wav"]
     listed = listing(ws, "voice")
     assert [e["path"] for e in listed["dropped"]] == ["datasets/voice-review/dropped/wavs/0001.wav"]
