@@ -239,6 +239,8 @@ def ingest(ctx: Ctx, footage: tuple[Path, ...], faces: tuple[Path, ...], voices:
 def dataset() -> None:
     """Review the datasets by hand: list them, drop an image or voice clip, keep it again.
 
+    Each subcommand takes --json for a machine-readable summary on stdout.
+
     \b
     Examples:
       persona dataset list images
@@ -613,8 +615,9 @@ def demo(keep: Path | None, as_json: bool) -> None:
               help="Ask for this user and password (default: $PERSONA_STUDIO_AUTH).")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               help="The folder workspaces are created in and opened from (default: the current one).")
+@json_option
 @click.pass_obj
-def studio(ctx: Ctx, port: int, listen: bool, share: bool, auth: str | None, root: Path) -> None:
+def studio(ctx: Ctx, port: int, listen: bool, share: bool, auth: str | None, root: Path, as_json: bool) -> None:
     """The whole lifecycle in a web page: workspace and consent, ingest and dataset review,
     trainings with live loss curves and sample grids, speak, script editing and rendering.
 
@@ -627,11 +630,13 @@ def studio(ctx: Ctx, port: int, listen: bool, share: bool, auth: str | None, roo
       persona studio                       then open http://127.0.0.1:7860
       persona -w mikebot studio --port 8000
       persona studio --listen --auth me:a-long-password
+      persona studio --json                prints {"url": ...} once it listens
     """
     from persona.studio import serve
 
     ws = ctx.workspace_or_none()
-    serve(root, ws.root if ws else None, port=port, listen=listen, share=share, auth=auth)
+    serve(root, ws.root if ws else None, port=port, listen=listen, share=share, auth=auth,
+          ready=lambda info: emit(info, as_json))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -780,8 +780,9 @@ def build(st: Studio) -> gr.Blocks:
 
 
 def serve(root: Path, workspace: Path | None = None, port: int = 7860, listen: bool = False, share: bool = False,
-          auth: str | None = None) -> None:
-    """Start the studio and block. Only 127.0.0.1 unless --listen/--share, which need a password."""
+          auth: str | None = None, ready: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Start the studio and block. Only 127.0.0.1 unless --listen/--share, which need a password.
+    `ready` gets the address once it listens."""
     credentials = None
     if auth:
         user, sep, password = auth.partition(":")
@@ -798,4 +799,8 @@ def serve(root: Path, workspace: Path | None = None, port: int = 7860, listen: b
     app.queue(default_concurrency_limit=4).launch(
         server_name="0.0.0.0" if listen else "127.0.0.1", server_port=port, share=share, auth=credentials,
         max_file_size=MAX_UPLOAD, allowed_paths=allowed, css=CSS, inbrowser=False, show_error=False,
-        footer_links=[], quiet=False)
+        footer_links=[], quiet=False, prevent_thread_lock=True)
+    if ready is not None:
+        ready({"url": app.local_url, "share_url": app.share_url, "root": str(st.root),
+               "workspace": str(st.workspace_root) if st.workspace_root else None})
+    app.block_thread()
