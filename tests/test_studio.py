@@ -261,6 +261,15 @@ def test_ingest_review_and_a_second_job_refused(page, studio):
     lines = ws.path("datasets/images/metadata.jsonl").read_text().splitlines()
     assert [json.loads(x)["file_name"] for x in lines] == [e["file"] for e in after]
 
+    # one voice clip: click its row, drop it; the table and metadata.csv say so
+    page.locator("#in-clips .cell-wrap").filter(visible=True).get_by_text("datasets/voice/wavs/0002.wav").click()
+    expect(page.locator("#in-chosen").get_by_role("textbox")).to_have_value("datasets/voice/wavs/0002.wav")
+    page.locator("#in-drop").click()
+    expect(page.locator("#in-msg")).to_contain_text("dropped datasets/voice/wavs/0002.wav")
+    expect(page.locator("#in-clips")).to_contain_text("dropped by hand")
+    assert "0002.wav" not in ws.path("datasets/voice/metadata.csv").read_text()
+    assert read_json(ws.path("datasets/voice/dropped.json"))[0]["reason"] == "dropped by hand"
+
 
 def test_train_lora_shows_loss_and_sample_grids(page, studio):
     _tab(page, "Train")
