@@ -184,7 +184,9 @@ def sweep_chunks(scenes: list[SceneDir]) -> None:
 
 @locked("render")
 def render(ws: Workspace, topic: Path | None = None, *, script_file: Path | None = None, name: str | None = None,
-           profile: str | None = None, overrides: dict[str, Any] | None = None, until: str | None = None) -> dict[str, Any]:
+           profile: str | None = None, overrides: dict[str, Any] | None = None, until: str | None = None,
+           redo: list[str] | None = None) -> dict[str, Any]:
+    """`redo`: scene numbers ("02") whose outputs are discarded first, so they are made again."""
     consent = ws.require_consent("rendering")
     if until is not None and until not in STAGES:
         raise PersonaError(f"unknown stage {until!r}", fix=f"use one of: {', '.join(STAGES)}")
@@ -193,6 +195,7 @@ def render(ws: Workspace, topic: Path | None = None, *, script_file: Path | None
     name = render_name(name, topic, script_file)
     rdir = RenderDir(ws.root / "renders" / name)
     pack = preflight(ws, settings)
+    forget_scenes(rdir, redo or [])
     created = not rdir.root.exists()
     rdir.root.mkdir(parents=True, exist_ok=True)
     sweep(rdir)
@@ -282,6 +285,18 @@ def render(ws: Workspace, topic: Path | None = None, *, script_file: Path | None
             "stages": {k: {"rendered": v.get("rendered"), "reused": v.get("reused"), "moved": v.get("moved"),
                            "seconds": v["seconds_taken"]}
                        for k, v in record["stages"].items()}}
+
+
+def forget_scenes(rdir: RenderDir, labels: list[str]) -> None:
+    """Discard scenes' outputs (scenes/NN/) so that the render makes them again: "redo this scene"."""
+    for label in labels:
+        if not re.fullmatch(r"\d{1,3}", str(label)):
+            raise PersonaError(f"--redo {label!r} is not a scene number", fix="give a number such as 2 or 02")
+        folder = rdir.root / "scenes" / f"{int(label):02d}"
+        if not folder.is_dir():
+            raise PersonaError("has no such scene", file=folder, fix="see the scene numbers in the render's script.json")
+        shutil.rmtree(folder)
+        info(f"scene {int(label):02d}: its outputs are discarded and made again")
 
 
 def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:

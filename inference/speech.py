@@ -142,15 +142,17 @@ class Voice:
 
 
 def speak(ws: Any, text: str, out: Path, seed: int = 0, steps: int = 32, speed: float = 1.0) -> dict[str, Any]:
-    """`persona speak`: write `text` in the persona's voice to `out` (wav)."""
+    """`persona speak`: write `text` in the persona's voice to `out` (wav): the trained one, else
+    zero-shot from the voice dataset's reference clip (as a render narrates before any training)."""
     from persona.media import write_audio
 
     ws.require_consent("speaking in")
-    voice = Voice.from_workspace(ws)
+    trained = ws.pack.voice is not None
+    voice = Voice(VoiceFiles.from_workspace(ws) if trained else VoiceFiles.zero_shot(ws))
     try:
         wav = voice.say(text, seed=seed, steps=steps, speed=speed)
     finally:
         voice.close()
     write_audio(out, wav, SAMPLE_RATE)
     return {"output": str(out), "seconds": round(len(wav) / SAMPLE_RATE, 3), "sample_rate": SAMPLE_RATE,
-            "characters": len(text), "seed": seed, "steps": steps}
+            "characters": len(text), "seed": seed, "steps": steps, "zero_shot": not trained}

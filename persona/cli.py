@@ -117,7 +117,7 @@ def init(name: str, directory: Path | None, token: str | None, person: str | Non
           --scope "educational explainer videos" --consent-date 2025-05-01
     """
     from persona.progress import info, warn
-    from persona.workspace import Consent, Workspace, slugify
+    from persona.workspace import Workspace, consent_from, slugify
 
     directory = directory or Path(slugify(name))
     consent = None
@@ -127,13 +127,8 @@ def init(name: str, directory: Path | None, token: str | None, person: str | Non
         if interactive:
             granted_by = granted_by or click.prompt("Consent granted by", default=person, err=True)
             scope = scope or click.prompt("Scope of use (what the likeness may be used for)", err=True)
-        if not granted_by or not scope:
-            raise PersonaError(
-                "consent is required: who granted it and for what",
-                fix='pass --granted-by "NAME" --scope "WHAT FOR" (or run in a terminal to be asked, or --no-consent)',
-            )
-        consent = Consent(person=person, granted_by=granted_by, scope=scope,
-                          date=(consent_date.date() if consent_date else dt.date.today()), reference=consent_reference)
+        consent = consent_from(person, granted_by, scope, consent_date.date() if consent_date else None,
+                               consent_reference)
     ws = Workspace.create(directory, name, token=token, consent=consent)
     info(f"created {escape(str(ws.manifest_path))} (token [bold]{escape(ws.token)}[/bold])", markup=True)
     if consent is None:
@@ -237,6 +232,75 @@ def ingest(ctx: Ctx, footage: tuple[Path, ...], faces: tuple[Path, ...], voices:
                   presenter=(presenter_only or not only) and not no_presenter, image_settings=image_settings,
                   voice_settings=voice_settings, presenter_settings=presenter_settings)
     emit(summary, as_json)
+
+
+# ------------------------------------------------------------------------------------------------
+@cli.group(context_settings=CONTEXT)
+def dataset() -> None:
+    """Review the datasets by hand: list them, drop an image or voice clip, keep it again.
+
+    Each subcommand takes --json for a machine-readable summary on stdout.
+
+    \b
+    Examples:
+      persona dataset list images
+      persona dataset drop datasets/images/0003.png
+      persona dataset drop voice/wavs/0002.wav
+      persona dataset keep images/0003.png
+    """
+
+
+@dataset.command("list", context_settings=CONTEXT)
+@click.argument("kind", type=click.Choice(["images", "voice"]))
+@json_option
+@click.pass_obj
+def dataset_list(ctx: Ctx, kind: str, as_json: bool) -> None:
+    """List the files of the image or voice dataset, and the ones dropped by hand."""
+    from persona.data.review import listing
+    from persona.progress import info
+
+    report = listing(ctx.workspace(), kind)
+    for e in report["kept"]:
+        info(f"  kept     {e['path']}" + (f"  {e['text']}" if e.get("text") else ""))
+    for e in report["dropped"]:
+        info(f"  dropped  {e['path']}  ({e['reason']})")
+    emit(report, as_json)
+
+
+@dataset.command("drop", context_settings=CONTEXT)
+@click.argument("files", nargs=-1, required=True)
+@json_option
+@click.pass_obj
+def dataset_drop(ctx: Ctx, files: tuple[str, ...], as_json: bool) -> None:
+    """Take FILES (images or voice clips) out of their dataset, recorded as "dropped by hand".
+
+    The file moves to datasets/<kind>-review/dropped/ and its entry to the dataset's dropped.json;
+    metadata.jsonl, dataset.toml, metadata.csv and the contact sheet are rewritten without it.
+    """
+    from persona.data.review import drop
+    from persona.progress import info
+
+    ws = ctx.workspace()
+    done = [drop(ws, f) for f in files]
+    for d in done:
+        info(f"dropped {d['file']}: {d['kept']} {d['kind']} left in the dataset")
+    emit({"dropped": done}, as_json)
+
+
+@dataset.command("keep", context_settings=CONTEXT)
+@click.argument("files", nargs=-1, required=True)
+@json_option
+@click.pass_obj
+def dataset_keep(ctx: Ctx, files: tuple[str, ...], as_json: bool) -> None:
+    """Put FILES dropped by hand back into their dataset."""
+    from persona.data.review import keep
+    from persona.progress import info
+
+    ws = ctx.workspace()
+    done = [keep(ws, f) for f in files]
+    for d in done:
+        info(f"kept {d['file']}: {d['kept']} {d['kind']} in the dataset")
+    emit({"kept": done}, as_json)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -358,7 +422,8 @@ def speak(ctx: Ctx, text: str, output: Path, seed: int, steps: int, speed: float
     """Say TEXT in the persona's trained voice (F5-TTS, fully offline).
 
     Uses the pack's [voice] checkpoint, its reference clip and transcript, and the local Vocos
-    vocoder; nothing is downloaded or transcribed.
+    vocoder; nothing is downloaded or transcribed. Before `persona train-voice`, it speaks
+    zero-shot with F5-TTS v1 Base from the voice dataset's reference clip.
 
     \b
     Examples:
@@ -410,13 +475,15 @@ def speak(ctx: Ctx, text: str, output: Path, seed: int, steps: int, speed: float
               help="Put the consent record's path/URL into the Content Credentials (left out by default).")
 @click.option("--until", type=click.Choice(["script", "narration", "keyframes", "video", "lipsync", "finish", "assemble"]),
               help="Stop after this stage (e.g. review the script or keyframes first).")
+@click.option("--redo", "redo", multiple=True, metavar="SCENE",
+              help="Discard scene SCENE's outputs (e.g. 02) and make them again (repeatable).")
 @json_option
 @click.pass_obj
 def render(ctx: Ctx, topic: Path | None, script_file: Path | None, name: str | None, profile: str,
            aspect: str | None, seed: int | None, llm_backend: str | None, llm_url: str | None, llm_model: str | None,
            anchor: str | None, engine: str | None, comfyui_urls: tuple[str, ...], presenter_source: str | None,
            burn_subtitles: bool | None, label: bool | None, label_corner: str | None,
-           consent_reference: bool | None, until: str | None, as_json: bool) -> None:
+           consent_reference: bool | None, until: str | None, redo: tuple[str, ...], as_json: bool) -> None:
     """Turn TOPIC (a text file) into an explainer video of the persona: renders/NAME/final.mp4.
 
     Stages: script (LLM) -> narration (the voice) -> keyframes (FLUX + LoRA) -> video (the person's
@@ -441,6 +508,7 @@ def render(ctx: Ctx, topic: Path | None, script_file: Path | None, name: str | N
     Examples:
       persona render topic.txt
       persona render topic.txt --until keyframes      # review before the slow video stage
+      persona render --name topic --redo 02           # make scene 2 again
       persona render --name topic                     # re-render after editing its script.json
       persona render --script my_script.json --profile 24gb --aspect 9:16
       persona render topic.txt --llm openai --llm-url http://localhost:8000 --llm-model qwen2.5
@@ -456,7 +524,7 @@ def render(ctx: Ctx, topic: Path | None, script_file: Path | None, name: str | N
                  "assembly": {"burn_subtitles": burn_subtitles, "label": True if label_corner else label,
                               "label_corner": label_corner, "consent_reference": consent_reference}}
     summary = run(ctx.workspace(), topic, script_file=script_file, name=name, profile=profile,
-                  overrides=overrides, until=until)
+                  overrides=overrides, until=until, redo=list(redo))
     if summary["final"]:
         from persona.progress import info
 
@@ -575,6 +643,39 @@ def demo(keep: Path | None, as_json: bool) -> None:
 
     summary = run_demo(keep)
     emit(summary, as_json)
+
+
+# ------------------------------------------------------------------------------------------------
+@cli.command(context_settings=CONTEXT)
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True, help="Port to listen on.")
+@click.option("--listen", is_flag=True, help="Listen on every network interface, not only 127.0.0.1 (needs --auth).")
+@click.option("--share", is_flag=True, help="Also open a public Gradio share link (needs --auth and internet).")
+@click.option("--auth", envvar="PERSONA_STUDIO_AUTH", metavar="USER:PASSWORD",
+              help="Ask for this user and password (default: $PERSONA_STUDIO_AUTH).")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              help="The folder workspaces are created in and opened from (default: the current one).")
+@json_option
+@click.pass_obj
+def studio(ctx: Ctx, port: int, listen: bool, share: bool, auth: str | None, root: Path, as_json: bool) -> None:
+    """The whole lifecycle in a web page: workspace and consent, ingest and dataset review,
+    trainings with live loss curves and sample grids, speak, script editing and rendering.
+
+    Long work runs as background jobs (the same verbs as here, under .persona/jobs/ in the
+    workspace), so a page reload or a closed browser loses nothing. Listens on 127.0.0.1 only,
+    unless --listen or --share, which need --auth.
+
+    \b
+    Examples:
+      persona studio                       then open http://127.0.0.1:7860
+      persona -w mikebot studio --port 8000
+      persona studio --listen --auth me:a-long-password
+      persona studio --json                prints {"url": ...} once it listens
+    """
+    from persona.studio import serve
+
+    ws = ctx.workspace_or_none()
+    serve(root, ws.root if ws else None, port=port, listen=listen, share=share, auth=auth,
+          ready=lambda info: emit(info, as_json))
 
 
 # ------------------------------------------------------------------------------------------------

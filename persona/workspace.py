@@ -55,6 +55,18 @@ class Consent(_Section):
         return f"consent of {self.person} granted by {self.granted_by} on {self.date.isoformat()} for {self.scope}{ref}"
 
 
+def consent_from(person: str | None, granted_by: str | None, scope: str | None, date: dt.date | None = None,
+                 reference: str | None = None) -> Consent:
+    """The consent record of `persona init` (and the studio's form): who granted it and for what are required."""
+    if not (granted_by or "").strip() or not (scope or "").strip() or not (person or "").strip():
+        raise PersonaError(
+            "consent is required: who granted it and for what",
+            fix='pass --granted-by "NAME" --scope "WHAT FOR" (or run in a terminal to be asked, or --no-consent)',
+        )
+    return Consent(person=person.strip(), granted_by=granted_by.strip(), scope=scope.strip(),
+                   date=date or dt.date.today(), reference=(reference or "").strip() or None)
+
+
 class Datasets(_Section):
     images: str | None = None
     voice: str | None = None
