@@ -15,15 +15,18 @@ looks wrong, and the studio polls it. Nothing here imports a stage; it reads the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from persona.files import read_json, record_path
 from persona.likeness import REFERENCE_FACE, REFERENCE_VOICE
 
+if TYPE_CHECKING:
+    from persona.workspace import Workspace
+
 NEXT_TOPIC = "persona render topic.txt"
 
 
-def pack_status(ws: Any) -> dict[str, Any]:
+def pack_status(ws: Workspace) -> dict[str, Any]:
     """A complete, JSON-able picture of the pack in `ws` (a Workspace). Never raises on stage files.
 
     Keys: workspace, name, token, consent, datasets {images, voice, presenter}, lora, voice, render,
@@ -61,7 +64,7 @@ def _int(value: Any) -> int | None:
     return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _folder(ws: Any, relative: str | None) -> Path | None:
+def _folder(ws: Workspace, relative: str | None) -> Path | None:
     if not relative:
         return None
     folder = ws.path(relative)
@@ -73,7 +76,7 @@ def _entries(manifest: Any) -> list[dict[str, Any]]:
 
 
 # ---- datasets --------------------------------------------------------------------------------
-def _images(ws: Any) -> dict[str, Any] | None:
+def _images(ws: Workspace) -> dict[str, Any] | None:
     folder = _folder(ws, ws.pack.datasets.images)
     if folder is None:
         return None
@@ -81,12 +84,13 @@ def _images(ws: Any) -> dict[str, Any] | None:
     rejected = report.get("rejected") if isinstance(report.get("rejected"), dict) else {}
     rejected = {str(k): v for k, v in rejected.items() if _int(v) is not None}
     return {"folder": ws.relative(folder), "kept": len(_entries(_read(folder / "manifest.json", list))),
+            "dropped_by_hand": len(_entries(_read(folder / "dropped.json", list))),
             "requested": _int(report.get("requested")), "rejected": sum(rejected.values()),
             "rejected_by_reason": rejected, "shortfall": report.get("shortfall") or None,
             "reference_face": ws.path(REFERENCE_FACE).is_file()}
 
 
-def _voice_data(ws: Any) -> dict[str, Any] | None:
+def _voice_data(ws: Workspace) -> dict[str, Any] | None:
     folder = _folder(ws, ws.pack.datasets.voice)
     if folder is None:
         return None
@@ -99,11 +103,12 @@ def _voice_data(ws: Any) -> dict[str, Any] | None:
             "transcribed_clips": len(transcribed),
             "transcribed_minutes": round(sum(_num(c.get("duration"), 3) or 0.0 for c in transcribed) / 60, 2),
             "rejected": _int(totals.get("rejected_clips")),
+            "dropped_by_hand": len(_entries(_read(folder / "dropped.json", list))),
             "reference_clip": ws.relative(folder / "reference.wav") if (folder / "reference.wav").is_file() else None,
             "reference_voice": ws.path(REFERENCE_VOICE).is_file()}
 
 
-def _presenter(ws: Any) -> dict[str, Any] | None:
+def _presenter(ws: Workspace) -> dict[str, Any] | None:
     folder = _folder(ws, ws.pack.datasets.presenter)
     if folder is None:
         return None
@@ -117,7 +122,7 @@ def _presenter(ws: Any) -> dict[str, Any] | None:
 
 
 # ---- trained parts ---------------------------------------------------------------------------
-def _run_folder(ws: Any, raw: Any, kind: str) -> Path | None:
+def _run_folder(ws: Workspace, raw: Any, kind: str) -> Path | None:
     """A run folder a record names, if it lies under the workspace's runs/<kind>/ (records are files
     a pack may carry from elsewhere: a path out of the workspace is not followed)."""
     if not isinstance(raw, str) or not raw:
@@ -127,7 +132,7 @@ def _run_folder(ws: Any, raw: Any, kind: str) -> Path | None:
     return folder if folder.is_relative_to(runs) and folder.is_dir() else None
 
 
-def _lora(ws: Any) -> dict[str, Any] | None:
+def _lora(ws: Workspace) -> dict[str, Any] | None:
     section = ws.pack.lora
     if section is None:
         return None
@@ -145,7 +150,7 @@ def _lora(ws: Any) -> dict[str, Any] | None:
     return out
 
 
-def lora_likeness(ws: Any, run: Path) -> dict[str, Any] | None:
+def lora_likeness(ws: Workspace, run: Path) -> dict[str, Any] | None:
     """What runs/lora/<run>/likeness.json says about the choice: the step, the strength, the chosen
     step's identity distance and leak, the reason and the plot. Unknown keys are ignored."""
     record = _read(run / "likeness.json")
@@ -165,7 +170,7 @@ def lora_likeness(ws: Any, run: Path) -> dict[str, Any] | None:
             "reason": reason, "plot": ws.relative(plot) if plot.is_file() else None}
 
 
-def _voice(ws: Any) -> dict[str, Any] | None:
+def _voice(ws: Workspace) -> dict[str, Any] | None:
     section = ws.pack.voice
     if section is None:
         return None
@@ -195,7 +200,7 @@ def _voice(ws: Any) -> dict[str, Any] | None:
 
 
 # ---- renders ---------------------------------------------------------------------------------
-def _last_render(ws: Any) -> dict[str, Any] | None:
+def _last_render(ws: Workspace) -> dict[str, Any] | None:
     """The render whose render.json was written last, with its likeness summary."""
     records = []
     for path in (ws.root / "renders").glob("*/render.json"):
@@ -305,10 +310,12 @@ def show(status: dict[str, Any]) -> None:
     im, vo, pr = d["images"], d["voice"], d["presenter"]
     row("images", "[dim]none[/dim]" if im is None else e(
         f"{im['kept']} kept" + (f" of {im['requested']} asked" if im["requested"] else "")
-        + f", {im['rejected']} rejected" + ("" if im["reference_face"] else "; no reference face") + f" ({im['folder']})"))
+        + f", {im['rejected']} rejected" + (f", {im['dropped_by_hand']} dropped by hand" if im["dropped_by_hand"] else "")
+        + ("" if im["reference_face"] else "; no reference face") + f" ({im['folder']})"))
     row("voice data", "[dim]none[/dim]" if vo is None else e(
         f"{_n(vo['clips'], 'clip')}, {vo['minutes']:g} min ({vo['transcribed_clips']} transcribed, "
         f"{vo['transcribed_minutes']:g} min)" + (f", {vo['rejected']} rejected" if vo["rejected"] else "")
+        + (f", {vo['dropped_by_hand']} dropped by hand" if vo["dropped_by_hand"] else "")
         + ("" if vo["reference_voice"] else "; no reference voice") + f" ({vo['folder']})"))
     row("presenter", "[dim]none[/dim]" if pr is None else e(
         f"{_n(pr['clips'], 'clip')}, {pr['seconds']:g} s" + (f", {pr['missing']} missing on disk" if pr["missing"] else "")

@@ -98,24 +98,45 @@ def open_workspace(st: Studio, folder: str) -> str:
 
 
 def pack_status(st: Studio) -> str:
-    """What the pack holds and lacks, as markdown (from persona.toml and the dataset folders)."""
+    """`persona status` as markdown: what the pack holds, the scores it was chosen by, what is next."""
+    from persona.status import pack_status as status_of
+    from persona.workspace import Consent
+
     if st.workspace_root is None:
         return "No workspace open."
-    ws = st.ws()
-    p = ws.pack
-    rows = [("name / token", f"{p.name} / `{p.token}`"),
-            ("consent", p.consent.summary() if p.consent else "**missing**: training and rendering refuse")]
-    for kind, what in (("images", "images"), ("voice", "clips"), ("presenter", "clips")):
-        folder = getattr(p.datasets, kind)
-        manifest = read_json(ws.path(folder) / "manifest.json", None) if folder else None
-        dropped = read_json(ws.path(folder) / "dropped.json", []) if folder else []
-        rows.append((f"{kind} dataset", f"{len(manifest)} {what} in `{folder}`" + (f", {len(dropped)} dropped by hand"
-                     if dropped else "") if isinstance(manifest, list) else "missing: run ingest"))
-    rows.append(("LoRA", f"`{p.lora.path}` ({p.lora.steps or '?'} steps)" if p.lora else "not trained (renders use footage)"))
-    rows.append(("voice", f"`{p.voice.checkpoint}`" if p.voice else "not trained (speaks zero-shot)"))
-    renders = sorted(d.name for d in ws.path("renders").glob("*/final.mp4")) if ws.path("renders").is_dir() else []
-    rows.append(("renders", ", ".join(renders) or "none yet"))
-    return f"**{ws.root}**\n\n| part | state |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    s = status_of(st.ws())
+    c, d = s["consent"], s["datasets"]
+    im, vo, pr, lo, v, r = d["images"], d["voice"], d["presenter"], s["lora"], s["voice"], s["render"]
+
+    def dropped(part: dict) -> str:
+        return f", {part['dropped_by_hand']} dropped by hand" if part.get("dropped_by_hand") else ""
+
+    rows = [("name / token", f"{s['name']} / `{s['token']}`"),
+            ("consent", Consent(**c).summary() if c else "**missing**: training and rendering refuse"),
+            ("images", f"{im['kept']} in `{im['folder']}`, {im['rejected']} rejected{dropped(im)}" if im
+             else "missing: run ingest"),
+            ("voice clips", f"{vo['clips']} ({vo['minutes']:g} min) in `{vo['folder']}`{dropped(vo)}" if vo
+             else "missing: run ingest"),
+            ("presenter clips", f"{pr['clips']} ({pr['seconds']:g} s) in `{pr['folder']}`" if pr else "none"),
+            ("LoRA", f"`{lo['path']}`, strength {lo['strength']:g}" + _reason(lo.get("likeness")) if lo
+             else "not trained (renders use footage)"),
+            ("voice", f"`{v['checkpoint']}`" + (f", speaker similarity {v['speaker_similarity']:.3f}"
+                                                 if v.get("speaker_similarity") is not None else "")
+             + _reason(v) if v else "not trained (speaks zero-shot)"),
+            ("last render", f"{r['name']} ({'finished' if r['completed'] else 'not finished'})"
+             + (f": {r['likeness'].get('summary')}" if (r.get("likeness") or {}).get("summary") else "") if r
+             else "none yet")]
+    table = "| part | state |\n|---|---|\n" + "\n".join(f"| {k} | {_cell(x)} |" for k, x in rows)
+    todo = "\n".join(f"- {n['what']}: `{n['command']}`" for n in s["next"])
+    return f"**{s['workspace']}**\n\n{table}" + (f"\n\n**Next**\n{todo}" if todo else "")
+
+
+def _reason(part: dict | None) -> str:
+    return f" — {part['reason']}" if part and part.get("reason") else ""
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def doctor_report(st: Studio) -> str:
