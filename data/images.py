@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TYPE_CHECKING
 
 import numpy as np
 import tomlkit
@@ -36,6 +36,9 @@ from persona.files import (hash_file, hash_json, is_fresh, mark_fresh, read_json
                            write_json, write_text)
 from persona.lock import locked
 from persona.progress import info, meter, track, warn
+
+if TYPE_CHECKING:
+    from persona.workspace import Workspace
 
 DATASET = "datasets/images"
 REVIEW = "datasets/images-review"  # outside the dataset folder: see the module docstring
@@ -106,7 +109,7 @@ class ImageSettings(BaseModel):
 
 # ------------------------------------------------------------------------------------------------
 @locked("ingest")
-def ingest_images(ws: Any, videos: list[Path], images: list[Path], settings: ImageSettings | None = None,
+def ingest_images(ws: Workspace, videos: list[Path], images: list[Path], settings: ImageSettings | None = None,
                   faces: list[Path] | tuple[Path, ...] = ()) -> dict[str, Any]:
     """Build `datasets/images` from footage; returns a summary for --json.
 
@@ -133,7 +136,7 @@ class Footage:
     scanned_now: int  # files scanned by this call (0 when all came from the cache)
 
 
-def scan_and_identify(ws: Any, videos: list[Path], images: list[Path], settings: ImageSettings, faces: list[Path],
+def scan_and_identify(ws: Workspace, videos: list[Path], images: list[Path], settings: ImageSettings, faces: list[Path],
                       problems: list[str], require_person: bool = True) -> Footage:
     """Scan the footage (cached in cache/ingest/images/) and decide who the person is.
 
@@ -159,7 +162,7 @@ def scan_and_identify(ws: Any, videos: list[Path], images: list[Path], settings:
     return Footage(usable, identity, backend, match, scanned)
 
 
-def _ingest(ws: Any, videos: list[Path], images: list[Path], settings: ImageSettings, faces: list[Path],
+def _ingest(ws: Workspace, videos: list[Path], images: list[Path], settings: ImageSettings, faces: list[Path],
             problems: list[str]) -> dict[str, Any]:
     florence = _captioner(ws, settings)
     footage = scan_and_identify(ws, videos, images, settings, faces, problems)
@@ -213,7 +216,7 @@ def _references(paths: list[Path], settings: ImageSettings, problems: list[str])
     return refs
 
 
-def _scan(ws: Any, sources: list[scan.Source], settings: ImageSettings, problems: list[str]) -> int:
+def _scan(ws: Workspace, sources: list[scan.Source], settings: ImageSettings, problems: list[str]) -> int:
     cache = ws.path(CACHE)
     scan.prepare(sources, settings.scan_settings(), cache)
     pending = [s for s in sources if s.analysis is None and s.error is None]
@@ -297,7 +300,7 @@ def _nothing_usable(rejected: Counter) -> PersonaError:
                         fix="add sharper, better-lit footage, or relax the thresholds in an ingest-images recipe")
 
 
-def _build(ws: Any, root: Path, usable: list[scan.Source], identity: select.Identity, ordered: list[select.Candidate],
+def _build(ws: Workspace, root: Path, usable: list[scan.Source], identity: select.Identity, ordered: list[select.Candidate],
            rejected: Counter, settings: ImageSettings, backend: fx.FaceBackend, match: float, key: str) -> None:
     """Extract, verify, crop and write the dataset into a staging folder, then swap it in."""
     with staged_dir(root) as staging:
@@ -307,7 +310,7 @@ def _build(ws: Any, root: Path, usable: list[scan.Source], identity: select.Iden
     mark_fresh(root / "manifest.json", key)
 
 
-def _write(ws: Any, root: Path, staging: Path, usable: list[scan.Source], identity: select.Identity,
+def _write(ws: Workspace, root: Path, staging: Path, usable: list[scan.Source], identity: select.Identity,
            ordered: list[select.Candidate], rejected: Counter, settings: ImageSettings, backend: fx.FaceBackend,
            match: float) -> list[dict[str, Any]]:
     chosen, examined = _extract(usable, ordered, settings, identity, backend, match, rejected)
@@ -431,7 +434,7 @@ def _write_report(folder: Path, usable: list[scan.Source], identity: select.Iden
 
 
 # ---- captions and the trainer-facing files ---------------------------------------------------
-def _captioner(ws: Any, settings: ImageSettings) -> tuple[Path | None, str | None]:
+def _captioner(ws: Workspace, settings: ImageSettings) -> tuple[Path | None, str | None]:
     """Florence-2's folder (or None, and why), checked before any work when it is required."""
     if settings.captions == "token":
         return None, None
@@ -441,7 +444,7 @@ def _captioner(ws: Any, settings: ImageSettings) -> tuple[Path | None, str | Non
     return path, missing
 
 
-def _caption(ws: Any, root: Path, manifest: list[dict[str, Any]], settings: ImageSettings,
+def _caption(ws: Workspace, root: Path, manifest: list[dict[str, Any]], settings: ImageSettings,
              florence: tuple[Path | None, str | None], problems: list[str]) -> str:
     """Caption entries whose captioner or token differ from now; rewrite the caption files."""
     token = ws.token

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from rich.markup import escape
 
@@ -24,9 +24,12 @@ from persona.errors import PersonaError
 from persona.lock import locked
 from persona.progress import console
 
+if TYPE_CHECKING:
+    from persona.workspace import Workspace
+
 
 @locked("ingest")
-def ingest(ws: Any, paths: list[Path], *, faces: list[Path] = (), voices: list[Path] = (), images: bool = True,
+def ingest(ws: Workspace, paths: list[Path], *, faces: list[Path] = (), voices: list[Path] = (), images: bool = True,
            voice: bool = True, presenter: bool = True, image_settings: ImageSettings | None = None,
            voice_settings: VoiceIngestSettings | None = None,
            presenter_settings: PresenterSettings | None = None) -> dict[str, Any]:

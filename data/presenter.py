@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import av
 import numpy as np
@@ -39,6 +39,9 @@ from persona.errors import PersonaError
 from persona.files import hash_file, hash_json, is_fresh, mark_fresh, read_json, staged_dir, write_json
 from persona.media import open_video, write_video
 from persona.progress import info, meter, warn
+
+if TYPE_CHECKING:
+    from persona.workspace import Workspace
 
 DATASET = "datasets/presenter"
 CACHE = "cache/ingest/presenter"
@@ -119,7 +122,7 @@ class Checked:
 
 
 # ------------------------------------------------------------------------------------------------
-def ingest_presenter(ws: Any, videos: list[Path], images: list[Path], settings: PresenterSettings | None = None,
+def ingest_presenter(ws: Workspace, videos: list[Path], images: list[Path], settings: PresenterSettings | None = None,
                      image_settings: ImageSettings | None = None, faces: list[Path] | tuple[Path, ...] = (),
                      report_scan_problems: bool = True) -> dict[str, Any]:
     """Build `datasets/presenter` from footage; returns a summary for --json.
@@ -550,7 +553,7 @@ def write_clip(path: Path, src: scan.Source, c: Checked, a: int, b: int, s: Pres
     return first[0], size, size[0] / w
 
 
-def _build(ws: Any, staging: Path, footage: Footage, videos: list[int], s: PresenterSettings) -> None:
+def _build(ws: Workspace, staging: Path, footage: Footage, videos: list[int], s: PresenterSettings) -> None:
     cache = ws.path(CACHE)
     rejected: list[dict[str, Any]] = []
     per_file: dict[int, Counter] = {i: Counter() for i in videos}  # seconds by reason, at the scan's samples

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from persona.data import crops
 from persona.data import images as img
@@ -24,12 +24,15 @@ from persona.errors import PersonaError
 from persona.files import read_json, read_json_strict, write_json, write_text
 from persona.lock import locked
 
+if TYPE_CHECKING:
+    from persona.workspace import Workspace
+
 DROPPED = "dropped.json"
 REASON = "dropped by hand"
 KINDS = ("images", "voice")
 
 
-def _dataset(ws: Any, kind: str) -> Path:
+def _dataset(ws: Workspace, kind: str) -> Path:
     folder = getattr(ws.pack.datasets, kind)
     if not folder or not ws.path(folder).is_dir():
         raise PersonaError(f"this workspace has no {kind} dataset yet", file=ws.manifest_path,
@@ -42,7 +45,7 @@ def _review_dir(folder: Path) -> Path:
     return folder.with_name(folder.name + "-review") / "dropped"
 
 
-def locate(ws: Any, file: str | Path) -> tuple[str, Path, str]:
+def locate(ws: Workspace, file: str | Path) -> tuple[str, Path, str]:
     """(kind, dataset folder, the file's path inside it) for a dataset file named relative to the
     workspace (datasets/images/0003.png), to the datasets (images/0003.png) or absolutely."""
     p = Path(file)
@@ -69,7 +72,7 @@ def _manifest(folder: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def listing(ws: Any, kind: str) -> dict[str, Any]:
+def listing(ws: Workspace, kind: str) -> dict[str, Any]:
     """The kept and the dropped entries of a dataset (the manifests, with workspace-relative paths)."""
     folder = _dataset(ws, kind)
     kept = [dict(e, path=ws.relative(folder / e["file"])) for e in _manifest(folder)]
@@ -90,7 +93,7 @@ def _move(src_root: Path, dst_root: Path, rels: list[str]) -> None:
             os.replace(src, dst_root / rel)  # same filesystem: a rename, never half a file
 
 
-def _rewrite(ws: Any, kind: str, folder: Path, manifest: list[dict[str, Any]]) -> None:
+def _rewrite(ws: Workspace, kind: str, folder: Path, manifest: list[dict[str, Any]]) -> None:
     """The files trainers read, from the manifest, as ingest writes them."""
     write_json(folder / "manifest.json", manifest)
     if kind == "images":
@@ -103,7 +106,7 @@ def _rewrite(ws: Any, kind: str, folder: Path, manifest: list[dict[str, Any]]) -
 
 
 @locked("dataset drop")
-def drop(ws: Any, file: str | Path) -> dict[str, Any]:
+def drop(ws: Workspace, file: str | Path) -> dict[str, Any]:
     """Take one image or voice clip out of its dataset, recorded as "dropped by hand"."""
     kind, folder, rel = locate(ws, file)
     manifest = _manifest(folder)
@@ -127,7 +130,7 @@ def drop(ws: Any, file: str | Path) -> dict[str, Any]:
 
 
 @locked("dataset keep")
-def keep(ws: Any, file: str | Path) -> dict[str, Any]:
+def keep(ws: Workspace, file: str | Path) -> dict[str, Any]:
     """Put a dropped image or voice clip back into its dataset."""
     kind, folder, rel = locate(ws, file)
     dropped = read_json(folder / DROPPED, [])

@@ -18,7 +18,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -33,6 +33,9 @@ from persona import likeness
 from persona.lock import locked
 from persona.media import probe, read_audio, write_audio
 from persona.progress import info, meter, warn
+
+if TYPE_CHECKING:
+    from persona.workspace import Workspace
 
 DATASET = "datasets/voice"
 PRESENCE = "datasets/images/presence.json"
@@ -206,7 +209,7 @@ def _agreement(voices: np.ndarray) -> np.ndarray:
     return np.array([float(v @ unit(np.delete(voices, i, 0).mean(0))) for i, v in enumerate(voices)])
 
 
-def _on_screen(ws: Any) -> dict[Path, list[tuple[float, float]]]:
+def _on_screen(ws: Workspace) -> dict[Path, list[tuple[float, float]]]:
     """datasets/images/presence.json: when the person is on screen, per footage file."""
     data = read_json(ws.path(PRESENCE), default=None)
     if not isinstance(data, dict):
@@ -214,7 +217,7 @@ def _on_screen(ws: Any) -> dict[Path, list[tuple[float, float]]]:
     return {Path(k).resolve(): [(float(a), float(b)) for a, b in v] for k, v in data.items() if v}
 
 
-def _profile_from_presence(ws: Any, sources: list[Source]) -> dict[str, Any] | None:
+def _profile_from_presence(ws: Workspace, sources: list[Source]) -> dict[str, Any] | None:
     on_screen = _on_screen(ws)
     if not on_screen:
         return None
@@ -237,7 +240,7 @@ def _profile_from_presence(ws: Any, sources: list[Source]) -> dict[str, Any] | N
             "seconds": round(seconds, 1)}
 
 
-def _profile(ws: Any, sources: list[Source], enroll: list[Path], settings: VoiceIngestSettings,
+def _profile(ws: Workspace, sources: list[Source], enroll: list[Path], settings: VoiceIngestSettings,
              encoder: SpeakerEncoder, problems: Problems) -> dict[str, Any]:
     if enroll:
         return _profile_from_enrollment(enroll, settings, encoder, problems)
@@ -300,7 +303,7 @@ def _cut_clips(sources: list[Source], stage: Path, settings: VoiceIngestSettings
 
 
 # ------------------------------------------------------------------------------------------------
-def _asr_models(ws: Any) -> tuple[Path | None, Path | None, str | None]:
+def _asr_models(ws: Workspace) -> tuple[Path | None, Path | None, str | None]:
     from persona.models import locate
 
     try:
@@ -322,7 +325,7 @@ def _model_id(path: Path | None) -> str | None:
     return hash_json([str(path), sizes])
 
 
-def _transcribe(ws: Any, cands: list[Candidate], cache: Path, settings: VoiceIngestSettings) -> dict[str, Any]:
+def _transcribe(ws: Workspace, cands: list[Candidate], cache: Path, settings: VoiceIngestSettings) -> dict[str, Any]:
     todo = [c for c in cands if not c.reasons]
     if not settings.transcribe:
         return {"status": "disabled"}
@@ -382,7 +385,7 @@ def _spoken(c: Candidate) -> float:
 # ------------------------------------------------------------------------------------------------
 # ------------------------------------------------------------------------------------------------
 @locked("ingest")
-def ingest_voice(ws: Any, sources: list[Path], settings: VoiceIngestSettings | None = None,
+def ingest_voice(ws: Workspace, sources: list[Path], settings: VoiceIngestSettings | None = None,
                  enroll: list[Path] | tuple[Path, ...] = ()) -> dict[str, Any]:
     """Build `datasets/voice` from video and audio files; returns a summary (for --json).
 
@@ -482,7 +485,7 @@ def _plan(src: Source, profile: np.ndarray, settings: VoiceIngestSettings, encod
         problems.add(src.path, src.problem)
 
 
-def _check_presence(ws: Any, sources: list[Source], settings: VoiceIngestSettings,
+def _check_presence(ws: Workspace, sources: list[Source], settings: VoiceIngestSettings,
                     encoder: SpeakerEncoder) -> list[dict[str, Any]] | None:
     """Where the image side saw the person on screen, is the voice heard then the enrolled one?
     The enrollment is the person's own word for their voice, so it is followed; a disagreement is

@@ -20,6 +20,7 @@ from persona.models import f5_pretrained_vocab
 from persona.progress import info, warn
 
 if TYPE_CHECKING:
+    from persona.workspace import Workspace
     from persona.data.voice import Candidate, Problems, Source, VoiceIngestSettings
 
 
@@ -143,7 +144,7 @@ def tell(report: dict, transcription: dict, out: Path) -> None:
         warn("no transcribed clip of 5-11 s ending in silence: no reference clip written")
 
 
-def summary(report: dict, out: Path, ws: Any) -> dict[str, Any]:
+def summary(report: dict, out: Path, ws: Workspace) -> dict[str, Any]:
     t = report["totals"]
     return {
         "dataset": str(out), "metadata": str(out / "metadata.csv"), "target": report["target"]["method"],

@@ -9,7 +9,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from persona import provenance
 from persona.files import write_text
 from persona.inference.speech import SAMPLE_RATE
 from persona.media import iter_frames, probe, read_audio, write_video
+
+if TYPE_CHECKING:
+    from persona.workspace import Workspace
 
 
 def srt_time(t: float) -> str:
@@ -150,7 +153,7 @@ def _frames(videos: list[Path], cues: list[dict[str, Any]], fps: float, burn: bo
             yield frame
 
 
-def label(ws: Any, title: str, consent_reference: bool = False) -> dict[str, str]:
+def label(ws: Workspace, title: str, consent_reference: bool = False) -> dict[str, str]:
     c = ws.pack.consent
     consent = c.summary() if c else "no consent record"
     if c and c.reference and not consent_reference:  # the record's location only when the user asks
@@ -166,7 +169,7 @@ def label(ws: Any, title: str, consent_reference: bool = False) -> dict[str, str
     }
 
 
-def run(ws: Any, settings: Any, rdir: Any, title: str) -> dict[str, Any]:
+def run(ws: Workspace, settings: Any, rdir: Any, title: str) -> dict[str, Any]:
     """The finished scenes joined with the whole narration into final.mp4, and final.srt."""
     import soxr
 

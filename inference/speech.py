@@ -15,7 +15,7 @@ import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from persona.device import default_device, free_memory
 from persona.errors import PersonaError
 from persona.models import f5_arch, f5_base_files, locate
 from persona.vocoder import VOCOS_PARTS, load_vocos  # noqa: F401  (moved to the core: train-voice speaks too)
+
+if TYPE_CHECKING:
+    from persona.workspace import Workspace
 
 SAMPLE_RATE = 24000
 
@@ -51,7 +54,7 @@ class VoiceFiles:
     vocoder: Path
 
     @classmethod
-    def from_workspace(cls, ws: Any) -> "VoiceFiles":
+    def from_workspace(cls, ws: Workspace) -> "VoiceFiles":
         v = ws.pack.voice
         if v is None:
             raise PersonaError("this persona has no trained voice ([voice] is missing)", file=ws.manifest_path,
@@ -66,7 +69,7 @@ class VoiceFiles:
 
 
     @classmethod
-    def zero_shot(cls, ws: Any) -> "VoiceFiles":
+    def zero_shot(cls, ws: Workspace) -> "VoiceFiles":
         """F5-TTS v1 Base speaking in the voice of the voice dataset's reference clip, with no
         training: what a pack can narrate with right after `persona ingest`."""
         folder = ws.pack.datasets.voice
@@ -116,7 +119,7 @@ class Voice:
         self.ref_text = reference_text_for_f5(files_.reference_text)
 
     @classmethod
-    def from_workspace(cls, ws: Any, device: str | None = None) -> "Voice":
+    def from_workspace(cls, ws: Workspace, device: str | None = None) -> "Voice":
         return cls(VoiceFiles.from_workspace(ws), device)
 
     def say(self, text: str, seed: int = 0, steps: int = 32, speed: float = 1.0) -> np.ndarray:
@@ -141,7 +144,7 @@ class Voice:
         free_memory()
 
 
-def speak(ws: Any, text: str, out: Path, seed: int = 0, steps: int = 32, speed: float = 1.0) -> dict[str, Any]:
+def speak(ws: Workspace, text: str, out: Path, seed: int = 0, steps: int = 32, speed: float = 1.0) -> dict[str, Any]:
     """`persona speak`: write `text` in the persona's voice to `out` (wav): the trained one, else
     zero-shot from the voice dataset's reference clip (as a render narrates before any training)."""
     from persona.media import write_audio

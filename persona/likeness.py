@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from math import gcd
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -21,6 +21,9 @@ from PIL import Image
 from persona import faces as fx
 from persona.files import atomic_path, read_json, write_json
 from persona.progress import track
+
+if TYPE_CHECKING:
+    from persona.workspace import Workspace
 
 REFERENCE_FACE = "datasets/images/reference_face.json"
 REFERENCE_VOICE = "datasets/voice/reference_voice.json"
@@ -123,7 +126,7 @@ def speaker_similarity(wav: np.ndarray, sr: int, reference: np.ndarray, encoder:
     return float(voice_embedding(wav, sr, encoder) @ unit(np.asarray(reference, np.float32)))
 
 
-def pack_reference_voice(ws: Any) -> tuple[np.ndarray | None, Any, str | None]:
+def pack_reference_voice(ws: Workspace) -> tuple[np.ndarray | None, Any, str | None]:
     """(the reference voice embedding, the encoder that made it, None), or (None, None, why not):
     no reference stored yet, or the pack's encoder has changed since ingest."""
     record = read_json(ws.path(REFERENCE_VOICE), None)
@@ -208,7 +211,7 @@ def _video_frames(path: Path, fps: float | None) -> Iterator[tuple[float, np.nda
         yield t, _small(rgb)
 
 
-def _voice_encoder(ws: Any, record: dict[str, Any]) -> tuple[Any, str | None]:
+def _voice_encoder(ws: Workspace, record: dict[str, Any]) -> tuple[Any, str | None]:
     """The encoder that made the reference voice, or why there is none."""
     from persona.speakers import encoder_for
 
@@ -250,7 +253,7 @@ def _round(d: float | None) -> float | None:
     return None if d is None else round(float(d), 4)
 
 
-def render_report(ws: Any, render_dir: str | Path) -> dict[str, Any]:
+def render_report(ws: Workspace, render_dir: str | Path) -> dict[str, Any]:
     """Score every scene of `renders/NAME` against the pack's references and plot identity over time.
 
     Returns {"skipped": why} when the workspace has no references; else {"match_distance", "scenes":

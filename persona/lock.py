@@ -25,12 +25,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TYPE_CHECKING, TypeVar
 
 from filelock import FileLock, Timeout
 
 from persona.errors import PersonaError
 from persona.files import process_alive, write_json
+
+if TYPE_CHECKING:
+    from persona.workspace import Workspace
 
 LOCK_FILE = ".persona.lock"
 INFO_FILE = ".persona.lock.json"
@@ -77,7 +80,7 @@ def is_main_process() -> bool:
 
 
 @contextlib.contextmanager
-def workspace_lock(ws: Any, verb: str, wait: float = 0.0) -> Iterator[None]:
+def workspace_lock(ws: Workspace, verb: str, wait: float = 0.0) -> Iterator[None]:
     """Hold the workspace's writing lock for the block, or raise WorkspaceBusy (at once, or after
     `wait` seconds: a persona.toml update takes milliseconds and may wait for another one).
 
@@ -154,7 +157,7 @@ def locked(verb: str) -> Callable[[F], F]:
     """Decorator: the function (whose first argument is the workspace) runs under workspace_lock."""
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
-        def inner(ws: Any, *args: Any, **kwargs: Any) -> Any:
+        def inner(ws: Workspace, *args: Any, **kwargs: Any) -> Any:
             with workspace_lock(ws, verb):
                 return fn(ws, *args, **kwargs)
         return inner  # type: ignore[return-value]

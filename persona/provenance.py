@@ -20,11 +20,14 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from persona import __version__
 from persona.errors import PersonaError
 from persona.files import staged_dir
+
+if TYPE_CHECKING:
+    from persona.workspace import Workspace
 
 MIME = "video/mp4"
 IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"
@@ -224,7 +227,7 @@ def manifest(persona: str, consent: Any, title: str, consent_reference: bool = F
     }
 
 
-def sign_video(ws: Any, src: str | Path, dst: str | Path, title: str, consent_reference: bool = False) -> dict[str, Any]:
+def sign_video(ws: Workspace, src: str | Path, dst: str | Path, title: str, consent_reference: bool = False) -> dict[str, Any]:
     """Copy `src` (an MP4) to `dst` with a signed C2PA manifest; returns what was signed and by whom.
 
     `dst` is written to a temporary file and renamed, so it is either absent, the old file, or a

@@ -21,13 +21,16 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import gradio as gr
 
 from persona import jobs
 from persona.errors import PersonaError
 from persona.files import read_json, write_text
+
+if TYPE_CHECKING:
+    from persona.workspace import Workspace
 
 MAX_UPLOAD = "200mb"  # larger footage is added by path: uploads go through the browser and memory
 POLL_SECONDS = 1.5
@@ -326,7 +329,7 @@ def drop_or_keep(st: Studio, file: str, keep: bool) -> str:
 
 
 # ---- training ------------------------------------------------------------------------------------
-def latest_run(ws: Any, kind: str) -> Path | None:
+def latest_run(ws: Workspace, kind: str) -> Path | None:
     runs = [p for p in ws.path(f"runs/{kind}").glob("*") if p.is_dir() and not p.name.startswith(("data-", "."))] \
         if ws.path(f"runs/{kind}").is_dir() else []
     return max(runs, key=lambda p: p.stat().st_mtime) if runs else None

@@ -33,13 +33,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TYPE_CHECKING
 
 from persona.errors import PersonaError
 from persona.files import atomic_path, stat_key, write_json, write_text
 from persona.models import locate
 from persona.progress import info, meter, track, warn
 from persona.train.lora import LoraSettings, Scorer, sample_rows
+
+if TYPE_CHECKING:
+    from persona.workspace import Workspace
 
 OPTIMIZERS = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "adafactor": "Adafactor"}
 STEP_STATE = re.compile(r"-step(\d{8})-state$")
@@ -225,7 +228,7 @@ def latest_state(out_dir: Path) -> Path | None:
     return states[-1] if states else None
 
 
-def prepare(ws: Any, s: LoraSettings, base: Path, examples: list, run: Path, resume: bool | None,
+def prepare(ws: Workspace, s: LoraSettings, base: Path, examples: list, run: Path, resume: bool | None,
             rows: list[str], keep_models: bool = False) -> dict[str, Any]:
     """Write everything sd-scripts needs under run/kohya/; returns the paths and the command line."""
     repo = locate("sd-scripts", models=ws.pack.models)
@@ -262,7 +265,7 @@ def prepare(ws: Any, s: LoraSettings, base: Path, examples: list, run: Path, res
             "dataset_toml": dataset_toml, "args_toml": args_toml}
 
 
-def train_kohya(ws: Any, s: LoraSettings, base: Path, examples: list, run: Path,
+def train_kohya(ws: Workspace, s: LoraSettings, base: Path, examples: list, run: Path,
                 resume: bool | None, scorer: Scorer | None = None) -> dict[str, Any]:
     job = prepare(ws, s, base, examples, run, resume, sample_rows(s, ws.token), keep_models=scorer is not None)
     if job["resume"] is not None:

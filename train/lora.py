@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -30,6 +30,9 @@ from persona.device import fits, gpu_memory
 from persona.models import locate_entry
 from persona.progress import info, warn
 from persona.workspace import slugify
+
+if TYPE_CHECKING:
+    from persona.workspace import Workspace
 
 # Modules that get a LoRA: every linear layer of the double- and single-stream blocks that kohya's
 # networks.lora_flux trains, in diffusers' names (ComfyUI maps each of them). The top-level
@@ -193,11 +196,11 @@ def resolve(recipe: str | None, overrides: dict[str, Any] | None = None) -> tupl
 
 
 # ---- the run -------------------------------------------------------------------------------------
-def output_path(ws: Any, settings: LoraSettings) -> Path:
+def output_path(ws: Workspace, settings: LoraSettings) -> Path:
     return ws.root / "lora" / f"{slugify(ws.name)}-flux-r{settings.rank}.safetensors"
 
 
-def run_dir(ws: Any, key: str) -> Path:
+def run_dir(ws: Workspace, key: str) -> Path:
     """Checkpoints, sample grids and kohya's files of one training run (one set of settings + data)."""
     return ws.root / "runs" / "lora" / key[:16]
 
@@ -212,7 +215,7 @@ def world_size() -> int:
 
 
 # ---- picking the step and strength by likeness ------------------------------------------------------
-def read_reference(ws: Any, images: str) -> tuple[dict[str, Any] | None, str | None]:
+def read_reference(ws: Workspace, images: str) -> tuple[dict[str, Any] | None, str | None]:
     """The reference face ingest stored beside the image dataset, or why there is none."""
     path = ws.path(images) / "reference_face.json"
     record = read_json(path, None)
@@ -390,7 +393,7 @@ def check_backend(settings: LoraSettings, backend: str) -> None:
 
 
 @locked("train-lora")
-def train_lora(ws: Any, settings: LoraSettings, *, recipe: str | None = None, backend: str = "native",
+def train_lora(ws: Workspace, settings: LoraSettings, *, recipe: str | None = None, backend: str = "native",
                resume: bool | None = None, force: bool = False, pick: Literal["likeness", "last"] = "likeness",
                on_step: Callable[..., None] | None = None) -> dict[str, Any] | None:
     """Train (or find up to date) the persona's LoRA and record it in persona.toml's [lora].
@@ -474,7 +477,7 @@ def train_lora(ws: Any, settings: LoraSettings, *, recipe: str | None = None, ba
     return summary
 
 
-def _record_in_pack(ws: Any, out: Path, summary: dict[str, Any], settings: LoraSettings) -> None:
+def _record_in_pack(ws: Workspace, out: Path, summary: dict[str, Any], settings: LoraSettings) -> None:
     chosen = summary.get("pick") or {}
     ws.update("lora", {"path": ws.relative(out), "base": summary["base"],
                        "strength": chosen.get("strength", settings.strength), "rank": settings.rank,

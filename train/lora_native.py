@@ -29,7 +29,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TYPE_CHECKING
 
 import torch
 
@@ -40,8 +40,11 @@ from persona.progress import info, meter, warn
 from persona.train import lora_data as data
 from persona.train.lora import TARGET_MODULES, LoraSettings, Scorer, sample_rows
 
+if TYPE_CHECKING:
+    from persona.workspace import Workspace
 
-def train_native(ws: Any, s: LoraSettings, base: Path, examples: list[data.Example], run: Path, key: str,
+
+def train_native(ws: Workspace, s: LoraSettings, base: Path, examples: list[data.Example], run: Path, key: str,
                  resume: bool | None, on_step: Callable[..., None] | None = None,
                  scorer: Scorer | None = None) -> dict[str, Any] | None:
     """Train; with a `scorer` (main process, --pick likeness) score every sample grid, then return the
@@ -150,7 +153,7 @@ def pick_and_sweep(scorer: Scorer, sampler: "Sampler", model, final: dict[str, t
     return scorer.record(pick, scorer.sweep(pick["step"], draw))
 
 
-def prepare_data(acc, ws: Any, s: LoraSettings, base: Path, examples: list[data.Example],
+def prepare_data(acc, ws: Workspace, s: LoraSettings, base: Path, examples: list[data.Example],
                  compute: torch.dtype) -> dict[str, Any]:
     """Fill the latent and text-embedding caches (the main process first, the others then find them)."""
     step = 2 * data.vae_scale(base)  # latents are packed in 2x2 patches

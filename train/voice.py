@@ -19,7 +19,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -55,6 +55,9 @@ from persona.train.voice_trainer import (
     save_picked,
 )
 from persona.train.voice_likeness import held_out_lines, make_judge, plot, write_record
+
+if TYPE_CHECKING:
+    from persona.workspace import Workspace
 
 FRAMES_PER_SECOND = SAMPLE_RATE / MEL["hop_length"]  # 93.75 mel frames per second of audio
 RECIPES_GB = (12, 24, 80)  # the shipped recipes recipes/voice/f5-<N>gb.toml, by the GPU memory they plan for
@@ -220,7 +223,7 @@ def prepare(data: VoiceData, vocab_path: Path, runs: Path, s: VoiceSettings) -> 
 
 
 @locked("train-voice")
-def train_voice(ws: Any, settings: VoiceSettings | None = None, *, base: str | Path | None = None,
+def train_voice(ws: Workspace, settings: VoiceSettings | None = None, *, base: str | Path | None = None,
                 restart: bool = False, stop_at: int | None = None, recipe: str | None = None) -> dict[str, Any]:
     """`persona train-voice`: fine-tune, pick the checkpoint by likeness (or loss), export it to the pack."""
     t0 = time.perf_counter()
@@ -283,7 +286,7 @@ def train_voice(ws: Any, settings: VoiceSettings | None = None, *, base: str | P
     return summary
 
 
-def _judge(ws: Any, data: VoiceData, s: VoiceSettings, device: str) -> tuple[Any, str]:
+def _judge(ws: Workspace, data: VoiceData, s: VoiceSettings, device: str) -> tuple[Any, str]:
     """The likeness judge for this run (or None) and a line saying what it scores."""
     if s.likeness_clips == 0:
         return None, "scoring is off (likeness_clips = 0)"
@@ -318,7 +321,7 @@ def _exportable(run: Run, choice: dict[str, Any] | None, best: dict[str, Any] | 
                       f"lowest validation loss (update {best and best['update']}, EMA) was exported"}
 
 
-def _check_inputs(ws: Any, s: VoiceSettings, base: str | Path | None) -> tuple[VoiceData, Base, dict, dict, dict]:
+def _check_inputs(ws: Workspace, s: VoiceSettings, base: str | Path | None) -> tuple[VoiceData, Base, dict, dict, dict]:
     """Everything that can be wrong with the inputs, found before any training starts."""
     if not ws.pack.datasets.voice:
         raise PersonaError("[datasets] voice is not set: there is no voice dataset yet", file=ws.manifest_path,
@@ -335,7 +338,7 @@ def _check_inputs(ws: Any, s: VoiceSettings, base: str | Path | None) -> tuple[V
     return data, f5, weights, vocab, unknown
 
 
-def _set_up_run(ws: Any, data: VoiceData, f5: Base, s: VoiceSettings, restart: bool) -> tuple[Run, Any, Any, dict]:
+def _set_up_run(ws: Workspace, data: VoiceData, f5: Base, s: VoiceSettings, restart: bool) -> tuple[Run, Any, Any, dict]:
     """The prepared splits, the plan, and the run folder keyed by everything that shapes the weights."""
     runs = ws.root / "runs" / "voice"
     train_dir, val_dir, split = prepare(data, f5.vocab, runs, s)
@@ -363,7 +366,7 @@ def _val_batches(val_set: Any, s: VoiceSettings) -> list[dict[str, Any]]:
 
 
 # ---- export -------------------------------------------------------------------------------------
-def export_voice(ws: Any, run: Run, base: Base, data: VoiceData, history: list[dict[str, Any]],
+def export_voice(ws: Workspace, run: Run, base: Base, data: VoiceData, history: list[dict[str, Any]],
                  choice: dict[str, Any] | None = None) -> dict[str, Any]:
     """The chosen weights (by likeness: EMA or raw; by loss: the best EMA weights), the vocab, the
     reference clip and its transcript, into voice/ and [voice] (what `persona speak` loads)."""

@@ -22,11 +22,14 @@ import logging
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TYPE_CHECKING
 
 import numpy as np
 
 from persona.files import atomic_path, write_json
+
+if TYPE_CHECKING:
+    from persona.workspace import Workspace
 
 SAMPLE_RATE, HOP = 24000, 256  # F5-TTS's mel: 24 kHz, 93.75 frames per second
 TARGET_RMS = 0.1  # F5's inference raises a quieter prompt to this level (and the output back down)
@@ -197,7 +200,7 @@ class Judge:
             del model
 
 
-def make_judge(ws: Any, lines: list[Line], prompt: Path, prompt_text: str, device: str, steps: int,
+def make_judge(ws: Workspace, lines: list[Line], prompt: Path, prompt_text: str, device: str, steps: int,
                seed: int) -> tuple[Judge | None, str]:
     """A Judge for this workspace, or None and why not (no reference voice, no lines). The second
     value says what is scored, for the log."""
