@@ -342,6 +342,8 @@ def lora_monitor(st: Studio) -> tuple[Any, list[str], dict[str, Any] | None]:
     ws = st.ws()
     run = latest_run(ws, "lora")
     grids = sorted(str(p) for p in run.glob("samples/step-*.png")) if run else []
+    if run and (run / "likeness.png").is_file():  # identity and leak per step, the pick marked: shown first
+        grids.insert(0, str(run / "likeness.png"))
     job = jobs.latest(ws.root, "train-lora")
     points = _losses(jobs.read_log(ws.root, job["id"])) if job else []
     summary = job.get("summary") if job else None
@@ -352,14 +354,31 @@ def lora_monitor(st: Studio) -> tuple[Any, list[str], dict[str, Any] | None]:
     return pd.DataFrame(points, columns=["step", "loss"], dtype=float), grids, summary
 
 
-def voice_monitor(st: Studio) -> tuple[Any, dict[str, Any] | None]:
-    """(validation loss per checkpoint, the last training's summary) of the voice."""
+def voice_monitor(st: Studio) -> tuple[Any, dict[str, Any] | None, str | None]:
+    """(validation loss per checkpoint, the last training's summary, its likeness plot) of the voice."""
     import pandas as pd
 
     ws = st.ws()
     job = jobs.latest(ws.root, "train-voice")
     points = _losses(jobs.read_log(ws.root, job["id"])) if job else []
-    return pd.DataFrame(points, columns=["step", "loss"], dtype=float), job.get("summary") if job else None
+    run = latest_run(ws, "voice")
+    plot = run / "likeness.png" if run else None
+    return (pd.DataFrame(points, columns=["step", "loss"], dtype=float), job.get("summary") if job else None,
+            str(plot) if plot and plot.is_file() else None)
+
+
+def chosen_checkpoints(st: Studio) -> tuple[str, str]:
+    """The LoRA's and the voice's chosen checkpoint and why, from `persona status`."""
+    from persona.status import pack_status as status_of
+
+    s = status_of(st.ws())
+    lo, v = s["lora"], s["voice"]
+    lk = (lo or {}).get("likeness") or {}
+    lora = (f"**chosen:** step {lk.get('step')}, strength {lo['strength']:g}" + _reason(lk) if lo and lk
+            else f"**chosen:** `{lo['path']}`" if lo else "")
+    voice = (f"**chosen:** update {v['update']}" + (f", {v['weights']} weights" if v.get("weights") else "")
+             + _reason(v) if v and v.get("update") is not None else "")
+    return lora, voice
 
 
 def _losses(log: str) -> list[tuple[float, float]]:
@@ -628,6 +647,7 @@ def build(st: Studio) -> gr.Blocks:
                         lora_msg = gr.Markdown(elem_id="lora-msg", elem_classes="msg")
                         lora_job = gr.Markdown(elem_id="lora-job")
                         lora_plot = gr.LinePlot(x="step", y="loss", label="loss", height=220, elem_id="lora-plot")
+                        lora_choice = gr.Markdown(elem_id="lora-choice")
                         lora_summary = gr.JSON(label="result (chosen checkpoint, likeness where measured)")
                     with gr.Column():
                         gr.Markdown("### Voice (`persona train-voice`)")
@@ -640,8 +660,12 @@ def build(st: Studio) -> gr.Blocks:
                         voice_msg = gr.Markdown(elem_id="voice-msg", elem_classes="msg")
                         voice_job = gr.Markdown(elem_id="voice-job")
                         voice_plot = gr.LinePlot(x="step", y="loss", label="loss", height=220)
-                        voice_summary = gr.JSON(label="result (best checkpoint by validation loss)")
-                grids = gr.Gallery(label="LoRA sample grids (with and without the trigger token)", columns=4,
+                        voice_choice = gr.Markdown(elem_id="voice-choice")
+                        voice_likeness = gr.Image(label="voice likeness per validation", type="filepath",
+                                                  interactive=False, height=220)
+                        voice_summary = gr.JSON(label="result (chosen checkpoint: by likeness, or by loss)")
+                grids = gr.Gallery(label="LoRA: likeness per step (the pick marked), then the sample grids (with and "
+                                         "without the trigger token)", columns=4,
                                    height=300, elem_id="lora-grids")
             # ---- Speak
             with gr.Tab("Speak", id="speak"):
@@ -698,7 +722,7 @@ def build(st: Studio) -> gr.Blocks:
         settings = [profile, llm, llm_url, llm_model, source]
         job_boxes = [in_job, lora_job, voice_job, sp_job, re_job]
         views = [current, status, sheet, kept_gallery, dropped_gallery, clips, presenter, lora_plot, grids,
-                 lora_summary, voice_plot, voice_summary, audio, sp_info, title, scenes, redo_scene, previews, final,
+                 lora_summary, lora_choice, voice_plot, voice_summary, voice_choice, voice_likeness, audio, sp_info, title, scenes, redo_scene, previews, final,
                  downloads, likeness, record]
 
         def boxes(rn: str) -> list[str]:
@@ -715,13 +739,15 @@ def build(st: Studio) -> gr.Blocks:
             ws = st.ws()
             kept, dropped, contact = image_review(st)
             lplot, lgrids, lsum = lora_monitor(st)
-            vplot, vsum = voice_monitor(st)
+            vplot, vsum, vlikeness = voice_monitor(st)
+            lchoice, vchoice = chosen_checkpoints(st)
             wav, wav_info = last_speech(st)
             t, rows = read_script(st, rn)
             prev, video, files, lk, rec = render_views(st, rn)
             choices = [f"{i:02d}" for i in range(1, len(rows) + 1)]
             return [f"Workspace: **{ws.name}** — `{ws.root}`", pack_status(st), contact, kept, dropped,
-                    voice_review(st), presenter_clips(st), lplot, lgrids, lsum, vplot, vsum, wav, wav_info,
+                    voice_review(st), presenter_clips(st), lplot, lgrids, lsum, lchoice, vplot, vsum, vchoice,
+                    vlikeness, wav, wav_info,
                     t, rows or None, gr.update(choices=choices, value=choices[0] if choices else None), prev,
                     gr.update(**video) if video else None,
                     files or None, lk, rec]

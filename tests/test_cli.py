@@ -111,4 +111,4 @@ def test_demo_keeps_a_workspace(tmp_path):
     ws = Workspace(tmp_path / "d" / "workspace")
     assert ws.pack.consent is not None and ws.pack.models["flux"].endswith("flux")
     assert ws.pack.lora is not None and ws.path(ws.pack.lora.path) == Path(summary["lora"])
-    assert summary["doctor_missing"] == ["speaker-embedding", "latentsync", "sd-scripts"]  # optional or checkouts
+    assert summary["doctor_missing"] == ["speaker-embedding", "latentsync", "comfyui", "sd-scripts"]  # optional or checkouts

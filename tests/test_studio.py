@@ -280,6 +280,10 @@ def test_train_lora_shows_loss_and_sample_grids(page, studio):
     expect(page.locator("#lora-grids .thumbnail-item").first).to_be_visible(timeout=30_000)
     ws = _ws(studio)
     assert ws.pack.lora is not None
+    # the pick and why (tiny random models draw no face: the last step, said so), its plot first in the gallery
+    pick = read_json(next(ws.path("runs/lora").glob("*/likeness.json")))
+    expect(page.locator("#lora-choice")).to_contain_text(f"chosen: step {pick['chosen_step']}")
+    expect(page.locator("#lora-choice")).to_contain_text(pick["step_reason"][:40])
     record = read_json(ws.path(ws.pack.lora.path + ".json"))
     assert record["summary"]["images"] == len(read_json(ws.path("datasets/images/manifest.json")))  # without the dropped one
     page.wait_for_timeout(1000)
