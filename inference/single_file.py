@@ -18,7 +18,7 @@ from typing import Any
 
 from persona.comfy_files import FluxFiles, Shapes, tensor_shapes
 from persona.errors import PersonaError
-from persona.inference.memory import load_dtype, place_pipeline
+from persona.inference.memory import load_dtype, load_pipeline, place_pipeline
 from persona.progress import warn
 
 # FLUX.1-dev's and FLUX.1-schnell's scheduler_config.json (schnell: no guidance embedding, no shift)
@@ -180,6 +180,20 @@ def load_flux_transformer(file: Path, folder: Path, dtype: Any) -> Any:
         quantization_config=GGUFQuantizationConfig(compute_dtype=dtype) if gguf else None)
 
 
+def single_file_memory(transformer: Path, memory: Any) -> Any:
+    """The memory profile for a single-file transformer: it loads as stored (nf4 is for diffusers
+    folders; a GGUF file is already quantised), which is said once."""
+    if memory.quantize != "none" and transformer.suffix.lower() == ".gguf":
+        warn(f"{transformer.name} is already quantised (GGUF); the profile's {memory.quantize} is not applied",
+             once=True)
+        return memory.model_copy(update={"quantize": "none"})
+    if memory.quantize == "nf4":
+        warn("nf4 applies to diffusers folders; a single file loads as stored (a GGUF file is the quantised "
+             "choice)", once=True)
+        return memory.model_copy(update={"quantize": "none"})
+    return memory
+
+
 def load_flux_single_files(files: FluxFiles, memory: Any) -> Any:
     """A FluxPipeline made of the single files in `files`, placed per `memory` like a diffusers folder."""
     import diffusers.utils.logging
@@ -188,15 +202,7 @@ def load_flux_single_files(files: FluxFiles, memory: Any) -> Any:
 
     diffusers.utils.logging.disable_progress_bar()
     dtype = load_dtype(memory)
-    gguf = files.transformer.suffix.lower() == ".gguf"
-    if memory.quantize != "none" and gguf:
-        warn(f"{files.transformer.name} is already quantised (GGUF); the profile's {memory.quantize} is not applied",
-             once=True)
-        memory = memory.model_copy(update={"quantize": "none"})
-    elif memory.quantize == "nf4":
-        warn("nf4 applies to diffusers folders; a single file loads as stored (a GGUF file is the quantised "
-             "choice)", once=True)
-        memory = memory.model_copy(update={"quantize": "none"})
+    memory = single_file_memory(files.transformer, memory)
     clip_shapes = tensor_shapes(files.clip_l)
     # ComfyUI's tokenizer config says 8192; CLIP reads as many tokens as it has positions (77)
     tokenizer = CLIPTokenizer.from_pretrained(
@@ -216,3 +222,25 @@ def load_flux_single_files(files: FluxFiles, memory: Any) -> Any:
     pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                         text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
     return place_pipeline(pipe, memory)
+
+
+def load_wan_transformer(file: Path, folder: Path, dtype: Any) -> Any:
+    """WanTransformer3DModel from ComfyUI's single file in the original Wan names (safetensors, or GGUF
+    kept quantised); its config is the diffusers folder's own (wan_transformer_file checked that the
+    widths fit), so nothing is downloaded. diffusers' converter renames the keys and strips
+    `model.diffusion_model.`; .safetensors and .gguf are read without pickle."""
+    from diffusers import GGUFQuantizationConfig, WanTransformer3DModel
+
+    gguf = file.suffix.lower() == ".gguf"
+    return WanTransformer3DModel.from_single_file(
+        str(file), config=str(folder), subfolder="transformer", local_files_only=True, dtype=dtype,
+        quantization_config=GGUFQuantizationConfig(compute_dtype=dtype) if gguf else None)
+
+
+def load_wan_with_transformer(folder: Path, transformer: Path, memory: Any) -> Any:
+    """A WanImageToVideoPipeline from the diffusers folder with its transformer from a single file."""
+    from diffusers import WanImageToVideoPipeline
+
+    memory = single_file_memory(transformer, memory)
+    model = load_wan_transformer(transformer, folder, load_dtype(memory))
+    return load_pipeline(WanImageToVideoPipeline, folder, memory, transformer=model)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from persona.comfy_files import wan_transformer_file
 from persona.errors import PersonaError
 from persona.files import hash_json, is_fresh, mark_fresh
 from persona.inference.memory import Lazy, load_pipeline
@@ -67,7 +68,12 @@ class VideoStage(Stage):
     def __init__(self, job: RenderJob, scenes: list[SceneDir]):
         self.animated = scenes
         self.anchor, self.path, self.model = resolve_model(job.ws, job.settings.video.anchor)
-        self.model_id = model_key(self.path)
+        # the transformer from the user's ComfyUI models folder, unless a diffusers folder was chosen
+        # by hand ([models] wan-i2v): the rest of Wan comes from the folder
+        chosen = find(self.model, models=job.ws.pack.models)
+        self.transformer = None if chosen is not None and chosen.source != "hf-cache" else \
+            wan_transformer_file(self.model, self.path, job.ws.pack.models)
+        self.model_id = model_key(self.path, self.transformer) if self.transformer else model_key(self.path)
 
     def scenes(self, job: RenderJob) -> list[SceneDir]:
         return self.animated
@@ -91,6 +97,10 @@ class VideoStage(Stage):
     def load(self, job: RenderJob) -> Any:
         from diffusers import WanImageToVideoPipeline  # seconds to import: only when a scene is animated
 
+        if self.transformer is not None:
+            from persona.inference.single_file import load_wan_with_transformer
+
+            return load_wan_with_transformer(self.path, self.transformer, job.settings.video.memory)
         return load_pipeline(WanImageToVideoPipeline, self.path, job.settings.video.memory)
 
     def make(self, job: RenderJob, scene: SceneDir, model: Lazy, tick: Tick) -> dict[str, Any]:
@@ -140,4 +150,5 @@ class VideoStage(Stage):
         write_video(chunk, (np.clip(out, 0, 1) * 255).round().astype(np.uint8), v.fps, crf=12)
 
     def summary(self, job: RenderJob) -> dict[str, Any]:
-        return {"anchor": self.anchor, "model": str(self.path)}
+        return {"anchor": self.anchor, "model": str(self.path),
+                "transformer": str(self.transformer) if self.transformer else None}

@@ -93,6 +93,14 @@ def is_t5(s: Shapes) -> bool:
             and "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight" not in s)
 
 
+def is_wan_transformer(s: Shapes, first_last: bool) -> bool:
+    """A Wan 2.1 image-to-video transformer in the original Wan names (ComfyUI's files): image
+    cross-attention (k_img) in every block; the first-last-frame checkpoint adds position embeddings
+    for its two CLIP images (img_emb.emb_pos)."""
+    return ("patch_embedding.weight" in s and "blocks.0.cross_attn.k_img.weight" in s
+            and ("img_emb.emb_pos" in s) == first_last)
+
+
 def _t5_width(s: Shapes) -> int:
     return (s.get("shared.weight") or s.get("encoder.embed_tokens.weight") or (0, 0))[1]
 
@@ -113,6 +121,14 @@ FLUX_PARTS = {
     "vae": Part("FLUX VAE", ("vae",), is_image_vae, r"^ae\.|flux", "ae.safetensors"),
     "clip_l": Part("CLIP-L text encoder", ("text_encoders", "clip"), is_clip_l, r"clip_l", "clip_l.safetensors"),
     "t5": Part("T5-XXL text encoder", ("text_encoders", "clip"), is_t5, r"t5xxl|t5-v1_1-xxl", "t5xxl_fp16.safetensors"),
+}
+WAN_PARTS = {
+    "wan-i2v": Part("Wan 2.1 image-to-video transformer", ("diffusion_models", "unet"),
+                    lambda s: is_wan_transformer(s, first_last=False), r"i2v",
+                    "wan2.1_i2v_480p_14B_fp16.safetensors, or a GGUF such as wan2.1-i2v-14b-480p-Q8_0.gguf", gguf=True),
+    "wan-flf2v": Part("Wan 2.1 first-last-frame transformer", ("diffusion_models", "unet"),
+                      lambda s: is_wan_transformer(s, first_last=True), r"flf2v",
+                      "wan2.1_flf2v_720p_14B_fp16.safetensors", gguf=True),
 }
 TOKENIZERS = {"clip_l": "comfy/sd1_tokenizer", "t5": "comfy/text_encoders/t5_tokenizer"}
 
@@ -161,7 +177,7 @@ class ComfyModels:
                                fix=f"put {part.example} in {self.models / part.folders[0]}")
         fits.sort(key=lambda f: (re.search(part.prefer, f.name, re.IGNORECASE) is None, f.relative_to(self.models).as_posix()))
         if len(fits) > 1:
-            override = ' (or set [models] flux = "/path/to/the/file" for the transformer)' if "transformer" in part.title else ""
+            override = ' (or set [models] flux = "/path/to/the/file" for the transformer)' if "FLUX transformer" in part.title else ""
             warn(f"{len(fits)} files in {where} fit the {part.title}: using {fits[0].name}; the others: "
                  f"{', '.join(f.name for f in fits[1:])}{override}", once=True)
         return fits[0]
@@ -250,3 +266,32 @@ def resolve_flux(models: dict[str, str] | None = None) -> Path | FluxFiles | Non
                 raise
             warn(f"{e}; drawing keyframes with the Hugging Face cache's FLUX instead", once=True)
     return found.path if found is not None and not found.problems else None
+
+
+def wan_transformer_file(key: str, folder: Path, models: dict[str, str] | None = None) -> Path | None:
+    """The Wan transformer single file (`key`: wan-i2v or wan-flf2v) in the ComfyUI models folder that
+    fits the diffusers folder `folder` (same text, image and latent widths), or None when no ComfyUI
+    folder is configured or it lacks one (said once: the folder's own transformer is used then).
+
+    Only the transformer (the 14B part, 16-32 GB) is taken from ComfyUI; the VAE, UMT5 and CLIP vision
+    still come from the diffusers folder ([models] wan-i2v / the Hugging Face cache)."""
+    comfy = comfy_models(models)
+    if comfy is None:
+        return None
+    import json
+
+    config = json.loads((folder / "transformer" / "config.json").read_text())
+    patch = config["patch_size"]
+
+    def fits(s: Shapes) -> bool:
+        # original Wan names: patch_embedding [dim, in_channels, *patch], text_embedding.0 [dim, text_dim],
+        # img_emb.proj.1 [dim, image_dim]
+        return (list(s["patch_embedding.weight"][1:]) == [config["in_channels"], *patch]
+                and s.get("text_embedding.0.weight", (0, 0))[1] == config["text_dim"]
+                and s.get("img_emb.proj.1.weight", (0, 0))[1] == config["image_dim"])
+
+    try:
+        return comfy.pick(WAN_PARTS[key], fits)
+    except PersonaError as e:
+        warn(f"{e}; animating with the transformer of {folder} instead", once=True)
+        return None
