@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from persona.comfy_files import wan_transformer_file
+from persona.comfy_files import wan_files
 from persona.errors import PersonaError
 from persona.files import hash_json, is_fresh, mark_fresh
 from persona.inference.memory import Lazy, load_pipeline
@@ -68,12 +68,12 @@ class VideoStage(Stage):
     def __init__(self, job: RenderJob, scenes: list[SceneDir]):
         self.animated = scenes
         self.anchor, self.path, self.model = resolve_model(job.ws, job.settings.video.anchor)
-        # the transformer from the user's ComfyUI models folder, unless a diffusers folder was chosen
-        # by hand ([models] wan-i2v): the rest of Wan comes from the folder
+        # the transformer, UMT5 and CLIP vision from the user's ComfyUI models folder, unless a diffusers
+        # folder was chosen by hand ([models] wan-i2v): the rest of Wan (the VAE) comes from the folder
         chosen = find(self.model, models=job.ws.pack.models)
-        self.transformer = None if chosen is not None and chosen.source != "hf-cache" else \
-            wan_transformer_file(self.model, self.path, job.ws.pack.models)
-        self.model_id = model_key(self.path, self.transformer) if self.transformer else model_key(self.path)
+        self.files = None if chosen is not None and chosen.source != "hf-cache" else \
+            wan_files(self.model, self.path, job.ws.pack.models)
+        self.model_id = model_key(self.path, *self.files.identity()) if self.files else model_key(self.path)
 
     def scenes(self, job: RenderJob) -> list[SceneDir]:
         return self.animated
@@ -97,10 +97,10 @@ class VideoStage(Stage):
     def load(self, job: RenderJob) -> Any:
         from diffusers import WanImageToVideoPipeline  # seconds to import: only when a scene is animated
 
-        if self.transformer is not None:
-            from persona.inference.single_file import load_wan_with_transformer
+        if self.files is not None:
+            from persona.inference.single_file import load_wan_single_files
 
-            return load_wan_with_transformer(self.path, self.transformer, job.settings.video.memory)
+            return load_wan_single_files(self.path, self.files, job.settings.video.memory)
         return load_pipeline(WanImageToVideoPipeline, self.path, job.settings.video.memory)
 
     def make(self, job: RenderJob, scene: SceneDir, model: Lazy, tick: Tick) -> dict[str, Any]:
@@ -151,4 +151,4 @@ class VideoStage(Stage):
 
     def summary(self, job: RenderJob) -> dict[str, Any]:
         return {"anchor": self.anchor, "model": str(self.path),
-                "transformer": str(self.transformer) if self.transformer else None}
+                "single_files": {k: str(p) for k, p in self.files.parts.items()} if self.files else None}

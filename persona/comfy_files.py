@@ -101,6 +101,16 @@ def is_wan_transformer(s: Shapes, first_last: bool) -> bool:
             and ("img_emb.emb_pos" in s) == first_last)
 
 
+def is_umt5(s: Shapes) -> bool:
+    """UMT5-XXL (Wan's text encoder) in Hugging Face names: a relative attention bias in every layer."""
+    return ("encoder.block.0.layer.0.SelfAttention.q.weight" in s
+            and "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight" in s)
+
+
+def is_clip_vision(s: Shapes) -> bool:
+    return "vision_model.embeddings.patch_embedding.weight" in s and "vision_model.encoder.layers.0.self_attn.q_proj.weight" in s
+
+
 def _t5_width(s: Shapes) -> int:
     return (s.get("shared.weight") or s.get("encoder.embed_tokens.weight") or (0, 0))[1]
 
@@ -129,6 +139,10 @@ WAN_PARTS = {
     "wan-flf2v": Part("Wan 2.1 first-last-frame transformer", ("diffusion_models", "unet"),
                       lambda s: is_wan_transformer(s, first_last=True), r"flf2v",
                       "wan2.1_flf2v_720p_14B_fp16.safetensors", gguf=True),
+    "text_encoder": Part("UMT5-XXL text encoder", ("text_encoders", "clip"), is_umt5, r"umt5",
+                         "umt5_xxl_fp16.safetensors"),
+    "image_encoder": Part("CLIP vision encoder", ("clip_vision",), is_clip_vision, r"clip_vision_h",
+                          "clip_vision_h.safetensors"),
 }
 TOKENIZERS = {"clip_l": "comfy/sd1_tokenizer", "t5": "comfy/text_encoders/t5_tokenizer"}
 
@@ -268,30 +282,52 @@ def resolve_flux(models: dict[str, str] | None = None) -> Path | FluxFiles | Non
     return found.path if found is not None and not found.problems else None
 
 
-def wan_transformer_file(key: str, folder: Path, models: dict[str, str] | None = None) -> Path | None:
-    """The Wan transformer single file (`key`: wan-i2v or wan-flf2v) in the ComfyUI models folder that
-    fits the diffusers folder `folder` (same text, image and latent widths), or None when no ComfyUI
-    folder is configured or it lacks one (said once: the folder's own transformer is used then).
+@dataclass(frozen=True)
+class WanFiles:
+    """The parts of Wan that come from single files in a ComfyUI models folder, by pipeline component
+    (transformer, text_encoder, image_encoder); the rest comes from the diffusers folder."""
 
-    Only the transformer (the 14B part, 16-32 GB) is taken from ComfyUI; the VAE, UMT5 and CLIP vision
-    still come from the diffusers folder ([models] wan-i2v / the Hugging Face cache)."""
+    parts: dict[str, Path]
+
+    def identity(self) -> tuple[Path, ...]:
+        return tuple(self.parts[k] for k in sorted(self.parts))
+
+
+def count_indices(s: Shapes, pattern: str) -> int:
+    """How many blocks a model has: the distinct indices `pattern`'s group matches in its tensor names."""
+    return len({m.group(1) for k in s if (m := re.match(pattern, k))})
+
+
+def wan_files(key: str, folder: Path, models: dict[str, str] | None = None) -> WanFiles | None:
+    """Wan's parts (`key`: wan-i2v or wan-flf2v) in the ComfyUI models folder that fit the diffusers
+    folder `folder` (the same widths and depths as its configs, which are used), or None when no
+    ComfyUI folder is configured or it has none. A part it lacks comes from the folder, said once.
+
+    The VAE stays the folder's: diffusers' Wan VAE converter assumes the full-size block layout."""
     comfy = comfy_models(models)
     if comfy is None:
         return None
     import json
 
-    config = json.loads((folder / "transformer" / "config.json").read_text())
-    patch = config["patch_size"]
+    def config(name: str) -> dict:
+        return json.loads((folder / name / "config.json").read_text())
 
-    def fits(s: Shapes) -> bool:
+    t, te, ie = config("transformer"), config("text_encoder"), config("image_encoder")
+    fits = {
         # original Wan names: patch_embedding [dim, in_channels, *patch], text_embedding.0 [dim, text_dim],
         # img_emb.proj.1 [dim, image_dim]
-        return (list(s["patch_embedding.weight"][1:]) == [config["in_channels"], *patch]
-                and s.get("text_embedding.0.weight", (0, 0))[1] == config["text_dim"]
-                and s.get("img_emb.proj.1.weight", (0, 0))[1] == config["image_dim"])
-
-    try:
-        return comfy.pick(WAN_PARTS[key], fits)
-    except PersonaError as e:
-        warn(f"{e}; animating with the transformer of {folder} instead", once=True)
-        return None
+        "transformer": lambda s: (list(s["patch_embedding.weight"][1:]) == [t["in_channels"], *t["patch_size"]]
+                                  and s.get("text_embedding.0.weight", (0, 0))[1] == t["text_dim"]
+                                  and s.get("img_emb.proj.1.weight", (0, 0))[1] == t["image_dim"]),
+        "text_encoder": lambda s: (s.get("shared.weight") == (te["vocab_size"], te["d_model"])
+                                   and count_indices(s, r"encoder\.block\.(\d+)\.") == te["num_layers"]),
+        "image_encoder": lambda s: (s["vision_model.embeddings.patch_embedding.weight"][0] == ie["hidden_size"]
+                                    and count_indices(s, r"vision_model\.encoder\.layers\.(\d+)\.") == ie["num_hidden_layers"]),
+    }
+    parts = {}
+    for name, fit in fits.items():
+        try:
+            parts[name] = comfy.pick(WAN_PARTS[key if name == "transformer" else name], fit)
+        except PersonaError as e:
+            warn(f"{e}; using the {name.replace('_', ' ')} of {folder} instead", once=True)
+    return WanFiles(parts) if parts else None

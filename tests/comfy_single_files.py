@@ -205,19 +205,31 @@ def wan_to_original(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def build_comfyui_wan(root: Path, wan: Path) -> dict[str, Path]:
-    """A ComfyUI models folder with the transformer of the tiny diffusers Wan at `wan` as a single file
-    in the original Wan names (as wan2.1_i2v_480p_14B_fp16.safetensors) and as a GGUF (placed by the
-    tests that want it)."""
+    """A ComfyUI models folder with the parts of the tiny diffusers Wan at `wan` as single files: the
+    transformer in the original Wan names (as wan2.1_i2v_480p_14B_fp16.safetensors, and as a GGUF
+    placed by the tests that want it), UMT5 in Hugging Face names with the tokenizer inside as
+    `spiece_model` bytes (as ComfyUI's umt5_xxl_fp16.safetensors), CLIP vision with its vision_model.
+    prefix (as clip_vision_h.safetensors)."""
     from diffusers import WanTransformer3DModel
     from safetensors.torch import save_file
+    from transformers import CLIPVisionModel, UMT5EncoderModel
 
     models = root / "ComfyUI" / "models"
-    (models / "diffusion_models").mkdir(parents=True)
-    (models / "vae").mkdir()
+    for sub in ("diffusion_models", "vae", "text_encoders", "clip_vision"):
+        (models / sub).mkdir(parents=True)
     (root / "ComfyUI" / "comfy").symlink_to(SHARED_COMFYUI / "comfy", target_is_directory=True)
     original = wan_to_original(WanTransformer3DModel.from_pretrained(str(wan / "transformer")).state_dict())
     paths = {"transformer": models / "diffusion_models/wan2.1_i2v_480p_14B_fp16.safetensors",
+             "text_encoder": models / "text_encoders/umt5_xxl_fp16.safetensors",
+             "image_encoder": models / "clip_vision/clip_vision_h.safetensors",
              "gguf": root / "wan2.1-i2v-14b-480p-Q8_0.gguf", "models": models, "install": root / "ComfyUI"}
     save_file({k: v.contiguous() for k, v in original.items()}, str(paths["transformer"]))
     write_gguf({k.removeprefix("model.diffusion_model."): v for k, v in original.items()}, paths["gguf"], arch="wan")
+    umt5 = UMT5EncoderModel.from_pretrained(str(wan / "text_encoder")).state_dict()
+    save_file({**{k: v.contiguous() for k, v in umt5.items() if k != "encoder.embed_tokens.weight"},
+               "spiece_model": torch.frombuffer(bytearray(b"sentencepiece model bytes"), dtype=torch.uint8)},
+              str(paths["text_encoder"]))
+    clip = CLIPVisionModel.from_pretrained(str(wan / "image_encoder")).state_dict()
+    save_file({k if k.startswith("vision_model.") else f"vision_model.{k}": v.contiguous() for k, v in clip.items()},
+              str(paths["image_encoder"]))
     return paths

@@ -266,13 +266,15 @@ def test_a_wan_single_file_animates_exactly_what_the_diffusers_folder_does(comfy
 
     from persona.inference.memory import load_pipeline
     from persona.inference.plan import Memory
-    from persona.inference.single_file import load_wan_with_transformer
+    from persona.comfy_files import WanFiles
+    from persona.inference.single_file import load_wan_single_files
 
     folder = tiny_models["wan-i2v"]
-    single = load_wan_with_transformer(folder, comfy_wan["transformer"], Memory())
+    parts = {k: comfy_wan[k] for k in ("transformer", "text_encoder", "image_encoder")}
+    single = load_wan_single_files(folder, WanFiles(parts), Memory())
     reference = _animate(load_pipeline(WanImageToVideoPipeline, folder, Memory()))
     np.testing.assert_array_equal(_animate(single), reference)
-    gguf = load_wan_with_transformer(folder, comfy_wan["gguf"], Memory())
+    gguf = load_wan_single_files(folder, WanFiles({"transformer": comfy_wan["gguf"]}), Memory())
     weight = gguf.transformer.blocks[0].ffn.net[2].weight  # [24, 32]: 32-value rows are Q8_0 in the file
     assert isinstance(weight, GGUFParameter) and weight.quant_type.name == "Q8_0"
     near = _animate(gguf)
@@ -307,30 +309,37 @@ def test_the_video_stage_takes_the_comfyui_transformer_and_keys_scenes_by_it(pac
     job = RenderJob(pack, settings, RenderDir(tmp_path, [scene]))
 
     cached = VideoStage(job, [scene])
-    assert cached.transformer is None and cached.path == snap  # no ComfyUI folder: the cache's own Wan
+    assert cached.files is None and cached.path == snap  # no ComfyUI folder: the cache's own Wan
     c = _copy_tree(comfy_wan, tmp_path)
     own_config(models={"comfyui": c.models})
     stage = VideoStage(job, [scene])
-    assert stage.transformer == c.models / "diffusion_models/wan2.1_i2v_480p_14B_fp16.safetensors"
+    transformer = c.models / "diffusion_models/wan2.1_i2v_480p_14B_fp16.safetensors"
+    assert stage.files.parts == {"transformer": transformer, "text_encoder": c.models / "text_encoders/umt5_xxl_fp16.safetensors",
+                                 "image_encoder": c.models / "clip_vision/clip_vision_h.safetensors"}
     assert stage.key(job, scene) != cached.key(job, scene)
-    assert stage.summary(job)["transformer"] == str(stage.transformer)
+    assert stage.summary(job)["single_files"]["transformer"] == str(transformer)
     pipe = stage.load(job)
     from safetensors.torch import load_file
 
-    original = load_file(str(stage.transformer))
+    original = load_file(str(transformer))
     assert torch.equal(pipe.transformer.blocks[1].attn2.add_k_proj.weight,
                        original["model.diffusion_model.blocks.1.cross_attn.k_img.weight"])
+    umt5 = load_file(str(stage.files.parts["text_encoder"]))
+    assert torch.equal(pipe.text_encoder.encoder.embed_tokens.weight, umt5["shared.weight"])
+    clip = load_file(str(stage.files.parts["image_encoder"]))
+    assert torch.equal(pipe.image_encoder.vision_model.encoder.layers[1].mlp.fc2.weight,
+                       clip["vision_model.encoder.layers.1.mlp.fc2.weight"])
 
     shutil.copy(comfy_wan["gguf"], c.models / "diffusion_models")
-    stage.transformer.unlink()
+    transformer.unlink()
     other = VideoStage(job, [scene])
-    assert other.transformer.suffix == ".gguf" and other.key(job, scene) != stage.key(job, scene)
+    assert other.files.parts["transformer"].suffix == ".gguf" and other.key(job, scene) != stage.key(job, scene)
 
-    (c.models / "diffusion_models" / other.transformer.name).unlink()  # nothing fits: said once, the cache's own
+    (c.models / "diffusion_models" / other.files.parts["transformer"].name).unlink()  # said once, the cache's own
     capsys.readouterr()
-    assert VideoStage(job, [scene]).transformer is None
+    assert "transformer" not in VideoStage(job, [scene]).files.parts
     assert "no Wan 2.1 image-to-video transformer" in capsys.readouterr().err.replace("\n", " ")
 
     shutil.copy(comfy_wan["gguf"], c.models / "diffusion_models")
     pack.update("models", {**pack.pack.models, "wan-i2v": str(tiny_models["wan-i2v"])}, replace=True)
-    assert VideoStage(job, [scene]).transformer is None  # a folder chosen by hand is used whole
+    assert VideoStage(job, [scene]).files is None  # a folder chosen by hand is used whole
