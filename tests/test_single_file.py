@@ -327,7 +327,7 @@ def test_the_video_stage_takes_the_comfyui_transformer_and_keys_scenes_by_it(pac
     umt5 = load_file(str(stage.files.parts["text_encoder"]))
     assert torch.equal(pipe.text_encoder.encoder.embed_tokens.weight, umt5["shared.weight"])
     clip = load_file(str(stage.files.parts["image_encoder"]))
-    assert torch.equal(pipe.image_encoder.vision_model.encoder.layers[1].mlp.fc2.weight,
+    assert torch.equal(pipe.image_encoder.state_dict()["encoder.layers.1.mlp.fc2.weight"],
                        clip["vision_model.encoder.layers.1.mlp.fc2.weight"])
 
     shutil.copy(comfy_wan["gguf"], c.models / "diffusion_models")
