@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from persona.comfy_files import wan_files
+from persona.comfy_files import WanFiles, wan_files
 from persona.errors import PersonaError
 from persona.files import hash_json, is_fresh, mark_fresh
 from persona.inference.memory import Lazy, load_pipeline
@@ -64,6 +64,7 @@ class VideoStage(Stage):
     cached on disk, so a killed render resumes at its next chunk); progress in denoising steps."""
 
     name, output = "video", "video.mp4"
+    files: WanFiles | None = None  # parts from the ComfyUI models folder (subclasses running elsewhere have none)
 
     def __init__(self, job: RenderJob, scenes: list[SceneDir]):
         self.animated = scenes
