@@ -15,8 +15,9 @@ def torch_dtype(name: str):
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 
 
-def load_pipeline(cls: Any, path: Path, memory: Any) -> Any:
-    """Load `cls` (a diffusers pipeline class) from `path` and place it per `memory`.
+def load_pipeline(cls: Any, path: Path, memory: Any, **components: Any) -> Any:
+    """Load `cls` (a diffusers pipeline class) from `path` and place it per `memory`; `components`
+    (e.g. a transformer loaded from a single file) replace the folder's own.
 
     Without CUDA everything runs in float32 on the CPU and offloading is skipped (diffusers' offload
     hooks need an accelerator).
@@ -27,7 +28,7 @@ def load_pipeline(cls: Any, path: Path, memory: Any) -> Any:
     diffusers.utils.logging.disable_progress_bar()  # diffusers ignores HF_HUB_DISABLE_PROGRESS_BARS
     cuda = torch.cuda.is_available()
     dtype = torch_dtype(memory.dtype) if cuda else torch.float32
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype, **components}
     if memory.quantize == "nf4":
         if cuda:
             from diffusers import PipelineQuantizationConfig

@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from persona.comfy_files import FluxFiles, Shapes, tensor_shapes
+from persona.comfy_files import FluxFiles, Shapes, WanFiles, count_indices, tensor_shapes
 from persona.errors import PersonaError
-from persona.inference.memory import load_dtype, place_pipeline
+from persona.inference.memory import load_dtype, load_pipeline, place_pipeline
 from persona.progress import warn
 
 # FLUX.1-dev's and FLUX.1-schnell's scheduler_config.json (schnell: no guidance embedding, no shift)
@@ -26,10 +26,6 @@ FLUX_DEV_SCHEDULER = {"base_image_seq_len": 256, "base_shift": 0.5, "max_image_s
                       "num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True}
 FLUX_SCHNELL_SCHEDULER = {**FLUX_DEV_SCHEDULER, "shift": 1.0, "use_dynamic_shifting": False}
 FULL_WIDTH = 3072  # the width diffusers' FLUX converter assumes when it splits single blocks
-
-
-def _count(s: Shapes, pattern: str) -> int:
-    return len({m.group(1) for k in s if (m := re.match(pattern, k))})
 
 
 def rope_axes(head_dim: int) -> tuple[int, int, int]:
@@ -43,7 +39,7 @@ def flux_transformer_config(s: Shapes) -> dict[str, Any]:
     hidden, in_channels = s["img_in.weight"]
     head_dim = s["double_blocks.0.img_attn.norm.query_norm.scale"][0]
     return {"_class_name": "FluxTransformer2DModel", "patch_size": 1, "in_channels": in_channels,
-            "num_layers": _count(s, r"double_blocks\.(\d+)\."), "num_single_layers": _count(s, r"single_blocks\.(\d+)\."),
+            "num_layers": count_indices(s, r"double_blocks\.(\d+)\."), "num_single_layers": count_indices(s, r"single_blocks\.(\d+)\."),
             "attention_head_dim": head_dim, "num_attention_heads": hidden // head_dim,
             "joint_attention_dim": s["txt_in.weight"][1], "pooled_projection_dim": s["vector_in.in_layer.weight"][1],
             "guidance_embeds": "guidance_in.in_layer.weight" in s, "axes_dims_rope": list(rope_axes(head_dim))}
@@ -54,12 +50,12 @@ def vae_config(s: Shapes) -> dict[str, Any]:
     ldm = "encoder.down.0.block.0.conv1.weight" in s
     level, block = ("encoder.down.{}.block.{}", r"encoder\.down\.0\.block\.(\d+)\.") if ldm else \
         ("encoder.down_blocks.{}.resnets.{}", r"encoder\.down_blocks\.0\.resnets\.(\d+)\.")
-    levels = _count(s, r"encoder\.down\.(\d+)\.") if ldm else _count(s, r"encoder\.down_blocks\.(\d+)\.")
+    levels = count_indices(s, r"encoder\.down\.(\d+)\.") if ldm else count_indices(s, r"encoder\.down_blocks\.(\d+)\.")
     return {"_class_name": "AutoencoderKL", "in_channels": s["encoder.conv_in.weight"][1],
             "out_channels": s["decoder.conv_out.weight"][0], "down_block_types": ["DownEncoderBlock2D"] * levels,
             "up_block_types": ["UpDecoderBlock2D"] * levels,
             "block_out_channels": [s[level.format(i, 0) + ".conv2.weight"][0] for i in range(levels)],
-            "layers_per_block": _count(s, block), "latent_channels": s["decoder.conv_in.weight"][1],
+            "layers_per_block": count_indices(s, block), "latent_channels": s["decoder.conv_in.weight"][1],
             "norm_num_groups": 32, "act_fn": "silu", "sample_size": 1024, "scaling_factor": 0.3611,
             "shift_factor": 0.1159, "use_quant_conv": False, "use_post_quant_conv": False, "force_upcast": True}
 
@@ -68,7 +64,7 @@ def clip_config(s: Shapes, tokenizer: Any) -> dict[str, Any]:
     vocab, hidden = s["text_model.embeddings.token_embedding.weight"]
     return {"model_type": "clip_text_model", "architectures": ["CLIPTextModel"], "vocab_size": vocab,
             "hidden_size": hidden, "intermediate_size": s["text_model.encoder.layers.0.mlp.fc1.weight"][0],
-            "num_hidden_layers": _count(s, r"text_model\.encoder\.layers\.(\d+)\."),
+            "num_hidden_layers": count_indices(s, r"text_model\.encoder\.layers\.(\d+)\."),
             "num_attention_heads": max(1, hidden // 64), "hidden_act": "quick_gelu",
             "max_position_embeddings": s["text_model.embeddings.position_embedding.weight"][0],
             "projection_dim": s.get("text_projection.weight", (hidden,))[0], "layer_norm_eps": 1e-5,
@@ -84,7 +80,7 @@ def t5_config(s: Shapes, tokenizer: Any) -> dict[str, Any]:
     return {"model_type": "t5", "architectures": ["T5EncoderModel"], "vocab_size": vocab, "d_model": d_model,
             "d_kv": s["encoder.block.0.layer.0.SelfAttention.q.weight"][0] // heads,
             "d_ff": s[f"encoder.block.0.layer.1.DenseReluDense.{wi}.weight"][0],
-            "num_layers": _count(s, r"encoder\.block\.(\d+)\."), "num_heads": heads,
+            "num_layers": count_indices(s, r"encoder\.block\.(\d+)\."), "num_heads": heads,
             "relative_attention_num_buckets": buckets, "feed_forward_proj": "gated-gelu" if gated else "relu",
             "is_encoder_decoder": False, "use_cache": False, "tie_word_embeddings": False,
             "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
@@ -180,6 +176,20 @@ def load_flux_transformer(file: Path, folder: Path, dtype: Any) -> Any:
         quantization_config=GGUFQuantizationConfig(compute_dtype=dtype) if gguf else None)
 
 
+def single_file_memory(transformer: Path, memory: Any) -> Any:
+    """The memory profile for a single-file transformer: it loads as stored (nf4 is for diffusers
+    folders; a GGUF file is already quantised), which is said once."""
+    if memory.quantize != "none" and transformer.suffix.lower() == ".gguf":
+        warn(f"{transformer.name} is already quantised (GGUF); the profile's {memory.quantize} is not applied",
+             once=True)
+        return memory.model_copy(update={"quantize": "none"})
+    if memory.quantize == "nf4":
+        warn("nf4 applies to diffusers folders; a single file loads as stored (a GGUF file is the quantised "
+             "choice)", once=True)
+        return memory.model_copy(update={"quantize": "none"})
+    return memory
+
+
 def load_flux_single_files(files: FluxFiles, memory: Any) -> Any:
     """A FluxPipeline made of the single files in `files`, placed per `memory` like a diffusers folder."""
     import diffusers.utils.logging
@@ -188,15 +198,7 @@ def load_flux_single_files(files: FluxFiles, memory: Any) -> Any:
 
     diffusers.utils.logging.disable_progress_bar()
     dtype = load_dtype(memory)
-    gguf = files.transformer.suffix.lower() == ".gguf"
-    if memory.quantize != "none" and gguf:
-        warn(f"{files.transformer.name} is already quantised (GGUF); the profile's {memory.quantize} is not applied",
-             once=True)
-        memory = memory.model_copy(update={"quantize": "none"})
-    elif memory.quantize == "nf4":
-        warn("nf4 applies to diffusers folders; a single file loads as stored (a GGUF file is the quantised "
-             "choice)", once=True)
-        memory = memory.model_copy(update={"quantize": "none"})
+    memory = single_file_memory(files.transformer, memory)
     clip_shapes = tensor_shapes(files.clip_l)
     # ComfyUI's tokenizer config says 8192; CLIP reads as many tokens as it has positions (77)
     tokenizer = CLIPTokenizer.from_pretrained(
@@ -216,3 +218,39 @@ def load_flux_single_files(files: FluxFiles, memory: Any) -> Any:
     pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                         text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
     return place_pipeline(pipe, memory)
+
+
+def load_wan_transformer(file: Path, folder: Path, dtype: Any) -> Any:
+    """WanTransformer3DModel from ComfyUI's single file in the original Wan names (safetensors, or GGUF
+    kept quantised); its config is the diffusers folder's own (wan_files checked that the
+    widths fit), so nothing is downloaded. diffusers' converter renames the keys and strips
+    `model.diffusion_model.`; .safetensors and .gguf are read without pickle."""
+    from diffusers import GGUFQuantizationConfig, WanTransformer3DModel
+
+    gguf = file.suffix.lower() == ".gguf"
+    return WanTransformer3DModel.from_single_file(
+        str(file), config=str(folder), subfolder="transformer", local_files_only=True, dtype=dtype,
+        quantization_config=GGUFQuantizationConfig(compute_dtype=dtype) if gguf else None)
+
+
+def load_wan_single_files(folder: Path, files: WanFiles, memory: Any) -> Any:
+    """A WanImageToVideoPipeline from the diffusers folder with the parts in `files` (transformer,
+    UMT5, CLIP vision) from single files; each takes the folder's own config, so nothing is derived or
+    downloaded."""
+    import json
+
+    from diffusers import WanImageToVideoPipeline
+    from transformers import CLIPVisionModel, UMT5EncoderModel
+
+    transformer = files.parts.get("transformer")
+    memory = single_file_memory(transformer, memory) if transformer else memory
+    dtype = load_dtype(memory)
+    components: dict[str, Any] = {}
+    if transformer:
+        components["transformer"] = load_wan_transformer(transformer, folder, dtype)
+    with tempfile.TemporaryDirectory(prefix="persona-wan-config-") as tmp:
+        for name, cls in (("text_encoder", UMT5EncoderModel), ("image_encoder", CLIPVisionModel)):
+            if name in files.parts:
+                config = json.loads((folder / name / "config.json").read_text())
+                components[name] = _transformers_model(cls, files.parts[name], config, Path(tmp), name, dtype)
+    return load_pipeline(WanImageToVideoPipeline, folder, memory, **components)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from persona.comfy_files import WanFiles, wan_files
 from persona.errors import PersonaError
 from persona.files import hash_json, is_fresh, mark_fresh
 from persona.inference.memory import Lazy, load_pipeline
@@ -63,11 +64,17 @@ class VideoStage(Stage):
     cached on disk, so a killed render resumes at its next chunk); progress in denoising steps."""
 
     name, output = "video", "video.mp4"
+    files: WanFiles | None = None  # parts from the ComfyUI models folder (subclasses running elsewhere have none)
 
     def __init__(self, job: RenderJob, scenes: list[SceneDir]):
         self.animated = scenes
         self.anchor, self.path, self.model = resolve_model(job.ws, job.settings.video.anchor)
-        self.model_id = model_key(self.path)
+        # the transformer, UMT5 and CLIP vision from the user's ComfyUI models folder, unless a diffusers
+        # folder was chosen by hand ([models] wan-i2v): the rest of Wan (the VAE) comes from the folder
+        chosen = find(self.model, models=job.ws.pack.models)
+        self.files = None if chosen is not None and chosen.source != "hf-cache" else \
+            wan_files(self.model, self.path, job.ws.pack.models)
+        self.model_id = model_key(self.path, *self.files.identity()) if self.files else model_key(self.path)
 
     def scenes(self, job: RenderJob) -> list[SceneDir]:
         return self.animated
@@ -91,6 +98,10 @@ class VideoStage(Stage):
     def load(self, job: RenderJob) -> Any:
         from diffusers import WanImageToVideoPipeline  # seconds to import: only when a scene is animated
 
+        if self.files is not None:
+            from persona.inference.single_file import load_wan_single_files
+
+            return load_wan_single_files(self.path, self.files, job.settings.video.memory)
         return load_pipeline(WanImageToVideoPipeline, self.path, job.settings.video.memory)
 
     def make(self, job: RenderJob, scene: SceneDir, model: Lazy, tick: Tick) -> dict[str, Any]:
@@ -140,4 +151,5 @@ class VideoStage(Stage):
         write_video(chunk, (np.clip(out, 0, 1) * 255).round().astype(np.uint8), v.fps, crf=12)
 
     def summary(self, job: RenderJob) -> dict[str, Any]:
-        return {"anchor": self.anchor, "model": str(self.path)}
+        return {"anchor": self.anchor, "model": str(self.path),
+                "single_files": {k: str(p) for k, p in self.files.parts.items()} if self.files else None}

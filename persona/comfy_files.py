@@ -93,6 +93,24 @@ def is_t5(s: Shapes) -> bool:
             and "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight" not in s)
 
 
+def is_wan_transformer(s: Shapes, first_last: bool) -> bool:
+    """A Wan 2.1 image-to-video transformer in the original Wan names (ComfyUI's files): image
+    cross-attention (k_img) in every block; the first-last-frame checkpoint adds position embeddings
+    for its two CLIP images (img_emb.emb_pos)."""
+    return ("patch_embedding.weight" in s and "blocks.0.cross_attn.k_img.weight" in s
+            and ("img_emb.emb_pos" in s) == first_last)
+
+
+def is_umt5(s: Shapes) -> bool:
+    """UMT5-XXL (Wan's text encoder) in Hugging Face names: a relative attention bias in every layer."""
+    return ("encoder.block.0.layer.0.SelfAttention.q.weight" in s
+            and "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight" in s)
+
+
+def is_clip_vision(s: Shapes) -> bool:
+    return "vision_model.embeddings.patch_embedding.weight" in s and "vision_model.encoder.layers.0.self_attn.q_proj.weight" in s
+
+
 def _t5_width(s: Shapes) -> int:
     return (s.get("shared.weight") or s.get("encoder.embed_tokens.weight") or (0, 0))[1]
 
@@ -113,6 +131,18 @@ FLUX_PARTS = {
     "vae": Part("FLUX VAE", ("vae",), is_image_vae, r"^ae\.|flux", "ae.safetensors"),
     "clip_l": Part("CLIP-L text encoder", ("text_encoders", "clip"), is_clip_l, r"clip_l", "clip_l.safetensors"),
     "t5": Part("T5-XXL text encoder", ("text_encoders", "clip"), is_t5, r"t5xxl|t5-v1_1-xxl", "t5xxl_fp16.safetensors"),
+}
+WAN_PARTS = {
+    "wan-i2v": Part("Wan 2.1 image-to-video transformer", ("diffusion_models", "unet"),
+                    lambda s: is_wan_transformer(s, first_last=False), r"i2v",
+                    "wan2.1_i2v_480p_14B_fp16.safetensors, or a GGUF such as wan2.1-i2v-14b-480p-Q8_0.gguf", gguf=True),
+    "wan-flf2v": Part("Wan 2.1 first-last-frame transformer", ("diffusion_models", "unet"),
+                      lambda s: is_wan_transformer(s, first_last=True), r"flf2v",
+                      "wan2.1_flf2v_720p_14B_fp16.safetensors", gguf=True),
+    "text_encoder": Part("UMT5-XXL text encoder", ("text_encoders", "clip"), is_umt5, r"umt5",
+                         "umt5_xxl_fp16.safetensors"),
+    "image_encoder": Part("CLIP vision encoder", ("clip_vision",), is_clip_vision, r"clip_vision_h",
+                          "clip_vision_h.safetensors"),
 }
 TOKENIZERS = {"clip_l": "comfy/sd1_tokenizer", "t5": "comfy/text_encoders/t5_tokenizer"}
 
@@ -161,7 +191,7 @@ class ComfyModels:
                                fix=f"put {part.example} in {self.models / part.folders[0]}")
         fits.sort(key=lambda f: (re.search(part.prefer, f.name, re.IGNORECASE) is None, f.relative_to(self.models).as_posix()))
         if len(fits) > 1:
-            override = ' (or set [models] flux = "/path/to/the/file" for the transformer)' if "transformer" in part.title else ""
+            override = ' (or set [models] flux = "/path/to/the/file" for the transformer)' if "FLUX transformer" in part.title else ""
             warn(f"{len(fits)} files in {where} fit the {part.title}: using {fits[0].name}; the others: "
                  f"{', '.join(f.name for f in fits[1:])}{override}", once=True)
         return fits[0]
@@ -250,3 +280,54 @@ def resolve_flux(models: dict[str, str] | None = None) -> Path | FluxFiles | Non
                 raise
             warn(f"{e}; drawing keyframes with the Hugging Face cache's FLUX instead", once=True)
     return found.path if found is not None and not found.problems else None
+
+
+@dataclass(frozen=True)
+class WanFiles:
+    """The parts of Wan that come from single files in a ComfyUI models folder, by pipeline component
+    (transformer, text_encoder, image_encoder); the rest comes from the diffusers folder."""
+
+    parts: dict[str, Path]
+
+    def identity(self) -> tuple[Path, ...]:
+        return tuple(self.parts[k] for k in sorted(self.parts))
+
+
+def count_indices(s: Shapes, pattern: str) -> int:
+    """How many blocks a model has: the distinct indices `pattern`'s group matches in its tensor names."""
+    return len({m.group(1) for k in s if (m := re.match(pattern, k))})
+
+
+def wan_files(key: str, folder: Path, models: dict[str, str] | None = None) -> WanFiles | None:
+    """Wan's parts (`key`: wan-i2v or wan-flf2v) in the ComfyUI models folder that fit the diffusers
+    folder `folder` (the same widths and depths as its configs, which are used), or None when no
+    ComfyUI folder is configured or it has none. A part it lacks comes from the folder, said once.
+
+    The VAE stays the folder's: diffusers' Wan VAE converter assumes the full-size block layout."""
+    comfy = comfy_models(models)
+    if comfy is None:
+        return None
+    import json
+
+    def config(name: str) -> dict:
+        return json.loads((folder / name / "config.json").read_text())
+
+    t, te, ie = config("transformer"), config("text_encoder"), config("image_encoder")
+    fits = {
+        # original Wan names: patch_embedding [dim, in_channels, *patch], text_embedding.0 [dim, text_dim],
+        # img_emb.proj.1 [dim, image_dim]
+        "transformer": lambda s: (list(s["patch_embedding.weight"][1:]) == [t["in_channels"], *t["patch_size"]]
+                                  and s.get("text_embedding.0.weight", (0, 0))[1] == t["text_dim"]
+                                  and s.get("img_emb.proj.1.weight", (0, 0))[1] == t["image_dim"]),
+        "text_encoder": lambda s: (s.get("shared.weight") == (te["vocab_size"], te["d_model"])
+                                   and count_indices(s, r"encoder\.block\.(\d+)\.") == te["num_layers"]),
+        "image_encoder": lambda s: (s["vision_model.embeddings.patch_embedding.weight"][0] == ie["hidden_size"]
+                                    and count_indices(s, r"vision_model\.encoder\.layers\.(\d+)\.") == ie["num_hidden_layers"]),
+    }
+    parts = {}
+    for name, fit in fits.items():
+        try:
+            parts[name] = comfy.pick(WAN_PARTS[key if name == "transformer" else name], fit)
+        except PersonaError as e:
+            warn(f"{e}; using the {name.replace('_', ' ')} of {folder} instead", once=True)
+    return WanFiles(parts) if parts else None

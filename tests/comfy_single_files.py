@@ -90,12 +90,12 @@ def vae_to_ldm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_gguf(sd: dict[str, torch.Tensor], path: Path) -> Path:
+def write_gguf(sd: dict[str, torch.Tensor], path: Path, arch: str = "flux") -> Path:
     """BFL tensors as a GGUF (as city96's FLUX GGUFs): matrices whose rows split into 32-value blocks in
     Q8_0, the rest in F16."""
     import gguf
 
-    writer = gguf.GGUFWriter(str(path), arch="flux")
+    writer = gguf.GGUFWriter(str(path), arch=arch)
     for name, t in sd.items():
         a = t.float().numpy()
         if a.ndim == 2 and a.shape[1] % 32 == 0:
@@ -165,4 +165,71 @@ def build_comfyui_flux(root: Path, flux: Path, seed: int = 0) -> dict[str, Path]
     save_file({k: v.contiguous() for k, v in clip_sd.items()}, str(paths["clip_l"]))
     save_file({k: v.half().contiguous() for k, v in t5.state_dict().items() if k != "encoder.embed_tokens.weight"},
               str(paths["t5"]))
+    return paths
+
+
+# diffusers' WanTransformer3DModel names -> the original Wan names (ComfyUI's files), in the order
+# they apply; each undoes one rename of diffusers' convert_wan_transformer_to_diffusers
+WAN_ORIGINAL = [
+    ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
+    ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
+    ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
+    ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
+    ("condition_embedder.time_proj", "time_projection.1"),
+    ("condition_embedder.image_embedder.norm1", "img_emb.proj.0"),
+    ("condition_embedder.image_embedder.ff.net.0.proj", "img_emb.proj.1"),
+    ("condition_embedder.image_embedder.ff.net.2", "img_emb.proj.3"),
+    ("condition_embedder.image_embedder.norm2", "img_emb.proj.4"),
+    ("condition_embedder.image_embedder.pos_embed", "img_emb.emb_pos"),
+    ("attn1", "self_attn"), ("attn2", "cross_attn"),
+    (".to_out.0.", ".o."), (".to_q.", ".q."), (".to_k.", ".k."), (".to_v.", ".v."),
+    (".add_k_proj.", ".k_img."), (".add_v_proj.", ".v_img."), (".norm_added_k.", ".norm_k_img."),
+    ("ffn.net.0.proj", "ffn.0"), ("ffn.net.2", "ffn.2"), ("proj_out", "head.head"),
+    ("norm2", "norm__swap"), ("norm3", "norm2"), ("norm__swap", "norm3"),  # Wan's norm3 is diffusers' norm2
+]
+
+
+def wan_to_original(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers WanTransformer3DModel state dict in the original Wan names, as ComfyUI's
+    wan2.1_i2v_*.safetensors hold them (with their model.diffusion_model. prefix)."""
+    out = {}
+    for key, t in sd.items():
+        new = key
+        for old, original in WAN_ORIGINAL:
+            new = new.replace(old, original)
+        if new == "scale_shift_table":
+            new = "head.modulation"
+        new = new.replace(".scale_shift_table", ".modulation")
+        out[f"model.diffusion_model.{new}"] = t
+    return out
+
+
+def build_comfyui_wan(root: Path, wan: Path) -> dict[str, Path]:
+    """A ComfyUI models folder with the parts of the tiny diffusers Wan at `wan` as single files: the
+    transformer in the original Wan names (as wan2.1_i2v_480p_14B_fp16.safetensors, and as a GGUF
+    placed by the tests that want it), UMT5 in Hugging Face names with the tokenizer inside as
+    `spiece_model` bytes (as ComfyUI's umt5_xxl_fp16.safetensors), CLIP vision with its vision_model.
+    prefix (as clip_vision_h.safetensors)."""
+    from diffusers import WanTransformer3DModel
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionModel, UMT5EncoderModel
+
+    models = root / "ComfyUI" / "models"
+    for sub in ("diffusion_models", "vae", "text_encoders", "clip_vision"):
+        (models / sub).mkdir(parents=True)
+    (root / "ComfyUI" / "comfy").symlink_to(SHARED_COMFYUI / "comfy", target_is_directory=True)
+    original = wan_to_original(WanTransformer3DModel.from_pretrained(str(wan / "transformer")).state_dict())
+    paths = {"transformer": models / "diffusion_models/wan2.1_i2v_480p_14B_fp16.safetensors",
+             "text_encoder": models / "text_encoders/umt5_xxl_fp16.safetensors",
+             "image_encoder": models / "clip_vision/clip_vision_h.safetensors",
+             "gguf": root / "wan2.1-i2v-14b-480p-Q8_0.gguf", "models": models, "install": root / "ComfyUI"}
+    save_file({k: v.contiguous() for k, v in original.items()}, str(paths["transformer"]))
+    write_gguf({k.removeprefix("model.diffusion_model."): v for k, v in original.items()}, paths["gguf"], arch="wan")
+    umt5 = UMT5EncoderModel.from_pretrained(str(wan / "text_encoder")).state_dict()
+    save_file({**{k: v.contiguous() for k, v in umt5.items() if k != "encoder.embed_tokens.weight"},
+               "spiece_model": torch.frombuffer(bytearray(b"sentencepiece model bytes"), dtype=torch.uint8)},
+              str(paths["text_encoder"]))
+    clip = CLIPVisionModel.from_pretrained(str(wan / "image_encoder")).state_dict()
+    save_file({k if k.startswith("vision_model.") else f"vision_model.{k}": v.contiguous() for k, v in clip.items()},
+              str(paths["image_encoder"]))
     return paths

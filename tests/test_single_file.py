@@ -240,3 +240,106 @@ def test_a_scaled_fp8_t5_is_multiplied_out(comfy, tmp_path):
     # float8 keeps 3 mantissa bits: each weight within 1/16 of itself, the encoding in the same direction
     assert not torch.equal(w, w8) and ((w8 - w).abs() <= w.abs() / 16 + 1e-6).all()
     assert torch.nn.functional.cosine_similarity(exact.flatten(), approx.flatten(), dim=0) > 0.99
+
+
+# --- Wan 2.1 image-to-video: the transformer from ComfyUI's diffusion_models/ ---------------------
+@pytest.fixture(scope="module")
+def comfy_wan(tmp_path_factory, tiny_models) -> dict[str, Path]:
+    from comfy_single_files import build_comfyui_wan
+
+    return build_comfyui_wan(tmp_path_factory.mktemp("comfy-wan"), tiny_models["wan-i2v"])
+
+
+def _animate(pipe) -> np.ndarray:
+    import torch
+    from PIL import Image
+
+    image = Image.fromarray(np.full((32, 32, 3), (200, 120, 40), np.uint8))
+    return pipe(image=image, prompt="the presenter waves", height=32, width=32, num_frames=5, num_inference_steps=2,
+                guidance_scale=1.0, max_sequence_length=16, output_type="np",
+                generator=torch.Generator("cpu").manual_seed(0)).frames[0]
+
+
+def test_a_wan_single_file_animates_exactly_what_the_diffusers_folder_does(comfy_wan, tiny_models):
+    from diffusers import WanImageToVideoPipeline
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    from persona.inference.memory import load_pipeline
+    from persona.inference.plan import Memory
+    from persona.comfy_files import WanFiles
+    from persona.inference.single_file import load_wan_single_files
+
+    folder = tiny_models["wan-i2v"]
+    parts = {k: comfy_wan[k] for k in ("transformer", "text_encoder", "image_encoder")}
+    single = load_wan_single_files(folder, WanFiles(parts), Memory())
+    reference = _animate(load_pipeline(WanImageToVideoPipeline, folder, Memory()))
+    np.testing.assert_array_equal(_animate(single), reference)
+    gguf = load_wan_single_files(folder, WanFiles({"transformer": comfy_wan["gguf"]}), Memory())
+    weight = gguf.transformer.blocks[0].ffn.net[2].weight  # [24, 32]: 32-value rows are Q8_0 in the file
+    assert isinstance(weight, GGUFParameter) and weight.quant_type.name == "Q8_0"
+    near = _animate(gguf)
+    assert not np.array_equal(near, reference) and np.abs(near - reference).mean() < 0.01  # 8-bit: close, not equal
+
+
+def test_the_video_stage_takes_the_comfyui_transformer_and_keys_scenes_by_it(pack, comfy_wan, tiny_models, tmp_path,
+                                                                             own_config, monkeypatch, capsys):
+    """Wan from the Hugging Face cache plus [models] comfyui: the transformer is ComfyUI's file (another
+    file is another cache key); a [models] wan-i2v folder set by hand keeps its own transformer."""
+    import huggingface_hub.constants as hf
+    import torch
+
+    from persona.files import mark_fresh
+    from persona.inference.plan import RenderDir, Scene, SceneDir
+    from persona.inference.render import load_settings
+    from persona.inference.stage import RenderJob
+    from persona.inference.video import VideoStage
+
+    snap = tmp_path / "hub/models--Wan-AI--Wan2.1-I2V-14B-480P-Diffusers/snapshots/0123456789abcdef"
+    shutil.copytree(tiny_models["wan-i2v"], snap, symlinks=True)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs/main").write_text("0123456789abcdef")
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    pack.update("models", {k: v for k, v in pack.pack.models.items() if not k.startswith("wan")}, replace=True)
+    settings = load_settings("demo", {"video": {"anchor": "restart"}})
+    scene = SceneDir(0, Scene(narration="Hi.", image_prompt="the presenter", motion_prompt="waves", on_camera=True),
+                     tmp_path / "scenes/01")
+    scene.folder.mkdir(parents=True)
+    mark_fresh(scene.path("keyframe.png"), "k")
+    mark_fresh(scene.path("narration.wav"), "n", frames=17)
+    job = RenderJob(pack, settings, RenderDir(tmp_path, [scene]))
+
+    cached = VideoStage(job, [scene])
+    assert cached.files is None and cached.path == snap  # no ComfyUI folder: the cache's own Wan
+    c = _copy_tree(comfy_wan, tmp_path)
+    own_config(models={"comfyui": c.models})
+    stage = VideoStage(job, [scene])
+    transformer = c.models / "diffusion_models/wan2.1_i2v_480p_14B_fp16.safetensors"
+    assert stage.files.parts == {"transformer": transformer, "text_encoder": c.models / "text_encoders/umt5_xxl_fp16.safetensors",
+                                 "image_encoder": c.models / "clip_vision/clip_vision_h.safetensors"}
+    assert stage.key(job, scene) != cached.key(job, scene)
+    assert stage.summary(job)["single_files"]["transformer"] == str(transformer)
+    pipe = stage.load(job)
+    from safetensors.torch import load_file
+
+    original = load_file(str(transformer))
+    assert torch.equal(pipe.transformer.blocks[1].attn2.add_k_proj.weight,
+                       original["model.diffusion_model.blocks.1.cross_attn.k_img.weight"])
+    umt5 = load_file(str(stage.files.parts["text_encoder"]))
+    assert torch.equal(pipe.text_encoder.encoder.embed_tokens.weight, umt5["shared.weight"])
+    clip = load_file(str(stage.files.parts["image_encoder"]))
+    assert torch.equal(pipe.image_encoder.state_dict()["encoder.layers.1.mlp.fc2.weight"],
+                       clip["vision_model.encoder.layers.1.mlp.fc2.weight"])
+
+    shutil.copy(comfy_wan["gguf"], c.models / "diffusion_models")
+    transformer.unlink()
+    other = VideoStage(job, [scene])
+    assert other.files.parts["transformer"].suffix == ".gguf" and other.key(job, scene) != stage.key(job, scene)
+
+    (c.models / "diffusion_models" / other.files.parts["transformer"].name).unlink()  # said once, the cache's own
+    capsys.readouterr()
+    assert "transformer" not in VideoStage(job, [scene]).files.parts
+    assert "no Wan 2.1 image-to-video transformer" in capsys.readouterr().err.replace("\n", " ")
+
+    shutil.copy(comfy_wan["gguf"], c.models / "diffusion_models")
+    pack.update("models", {**pack.pack.models, "wan-i2v": str(tiny_models["wan-i2v"])}, replace=True)
+    assert VideoStage(job, [scene]).files is None  # a folder chosen by hand is used whole
