@@ -1,179 +1,16 @@
-"""FLUX for the diffusers engine from single files in the user's ComfyUI models folder.
-
-diffusers' `from_single_file` loads the transformer (safetensors, or GGUF through
-`GGUFQuantizationConfig`) and the VAE; CLIP-L and T5 files hold Hugging Face names, so transformers
-loads them. Nothing is downloaded: each model's config is derived from the shapes of its tensors and
-written to a temporary folder that `from_single_file(config=...)` and `from_pretrained` read. What
-the file cannot say is FLUX.1's own constant (rope axes, 32 norm groups, the VAE's scaling, CLIP's
-64-wide heads, the scheduler), taken from FLUX.1-dev's published configs.
-"""
+"""The diffusers engine's pipelines from single files in the user's ComfyUI models folder: the
+components come from persona.single_file, placed per the render profile like a diffusers folder."""
 
 from __future__ import annotations
 
-import json
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from persona.comfy_files import FluxFiles, Shapes, WanFiles, count_indices, tensor_shapes
-from persona.errors import PersonaError
+from persona.comfy_files import FluxFiles, WanFiles
 from persona.inference.memory import load_dtype, load_pipeline, place_pipeline
 from persona.progress import warn
-
-# FLUX.1-dev's and FLUX.1-schnell's scheduler_config.json (schnell: no guidance embedding, no shift)
-FLUX_DEV_SCHEDULER = {"base_image_seq_len": 256, "base_shift": 0.5, "max_image_seq_len": 4096, "max_shift": 1.15,
-                      "num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True}
-FLUX_SCHNELL_SCHEDULER = {**FLUX_DEV_SCHEDULER, "shift": 1.0, "use_dynamic_shifting": False}
-FULL_WIDTH = 3072  # the width diffusers' FLUX converter assumes when it splits single blocks
-
-
-def rope_axes(head_dim: int) -> tuple[int, int, int]:
-    """FLUX.1's rope axes (16, 56, 56) for its 128-wide heads: the two spatial axes take 7/16 of a head
-    each (rounded down to even), the index axis the rest. Not stored in the file."""
-    spatial = 2 * (head_dim * 7 // 32)
-    return head_dim - 2 * spatial, spatial, spatial
-
-
-def flux_transformer_config(s: Shapes) -> dict[str, Any]:
-    hidden, in_channels = s["img_in.weight"]
-    head_dim = s["double_blocks.0.img_attn.norm.query_norm.scale"][0]
-    return {"_class_name": "FluxTransformer2DModel", "patch_size": 1, "in_channels": in_channels,
-            "num_layers": count_indices(s, r"double_blocks\.(\d+)\."), "num_single_layers": count_indices(s, r"single_blocks\.(\d+)\."),
-            "attention_head_dim": head_dim, "num_attention_heads": hidden // head_dim,
-            "joint_attention_dim": s["txt_in.weight"][1], "pooled_projection_dim": s["vector_in.in_layer.weight"][1],
-            "guidance_embeds": "guidance_in.in_layer.weight" in s, "axes_dims_rope": list(rope_axes(head_dim))}
-
-
-def vae_config(s: Shapes) -> dict[str, Any]:
-    """AutoencoderKL settings of an image VAE in BFL/LDM names (encoder.down.N.block.M) or diffusers'."""
-    ldm = "encoder.down.0.block.0.conv1.weight" in s
-    level, block = ("encoder.down.{}.block.{}", r"encoder\.down\.0\.block\.(\d+)\.") if ldm else \
-        ("encoder.down_blocks.{}.resnets.{}", r"encoder\.down_blocks\.0\.resnets\.(\d+)\.")
-    levels = count_indices(s, r"encoder\.down\.(\d+)\.") if ldm else count_indices(s, r"encoder\.down_blocks\.(\d+)\.")
-    return {"_class_name": "AutoencoderKL", "in_channels": s["encoder.conv_in.weight"][1],
-            "out_channels": s["decoder.conv_out.weight"][0], "down_block_types": ["DownEncoderBlock2D"] * levels,
-            "up_block_types": ["UpDecoderBlock2D"] * levels,
-            "block_out_channels": [s[level.format(i, 0) + ".conv2.weight"][0] for i in range(levels)],
-            "layers_per_block": count_indices(s, block), "latent_channels": s["decoder.conv_in.weight"][1],
-            "norm_num_groups": 32, "act_fn": "silu", "sample_size": 1024, "scaling_factor": 0.3611,
-            "shift_factor": 0.1159, "use_quant_conv": False, "use_post_quant_conv": False, "force_upcast": True}
-
-
-def clip_config(s: Shapes, tokenizer: Any) -> dict[str, Any]:
-    vocab, hidden = s["text_model.embeddings.token_embedding.weight"]
-    return {"model_type": "clip_text_model", "architectures": ["CLIPTextModel"], "vocab_size": vocab,
-            "hidden_size": hidden, "intermediate_size": s["text_model.encoder.layers.0.mlp.fc1.weight"][0],
-            "num_hidden_layers": count_indices(s, r"text_model\.encoder\.layers\.(\d+)\."),
-            "num_attention_heads": max(1, hidden // 64), "hidden_act": "quick_gelu",
-            "max_position_embeddings": s["text_model.embeddings.position_embedding.weight"][0],
-            "projection_dim": s.get("text_projection.weight", (hidden,))[0], "layer_norm_eps": 1e-5,
-            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id}
-
-
-def t5_config(s: Shapes, tokenizer: Any) -> dict[str, Any]:
-    vocab, d_model = s["shared.weight"] if "shared.weight" in s else s["encoder.embed_tokens.weight"]
-    buckets, heads = s["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]
-    gated = "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in s
-    wi = "wi_0" if gated else "wi"
-    return {"model_type": "t5", "architectures": ["T5EncoderModel"], "vocab_size": vocab, "d_model": d_model,
-            "d_kv": s["encoder.block.0.layer.0.SelfAttention.q.weight"][0] // heads,
-            "d_ff": s[f"encoder.block.0.layer.1.DenseReluDense.{wi}.weight"][0],
-            "num_layers": count_indices(s, r"encoder\.block\.(\d+)\."), "num_heads": heads,
-            "relative_attention_num_buckets": buckets, "feed_forward_proj": "gated-gelu" if gated else "relu",
-            "is_encoder_decoder": False, "use_cache": False, "tie_word_embeddings": False,
-            "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
-            "decoder_start_token_id": tokenizer.pad_token_id}
-
-
-def _config_dir(root: Path, name: str, config: dict[str, Any]) -> Path:
-    folder = root / name
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
-
-
-def _transformers_model(cls: Any, file: Path, config: dict[str, Any], root: Path, name: str, dtype: Any) -> Any:
-    """A transformers model from a single safetensors file in Hugging Face names: the file is linked
-    beside its derived config, and from_pretrained reads both (no copy of the weights). ComfyUI's
-    scaled fp8 files are dequantised first."""
-    shapes = tensor_shapes(file)
-    if "scaled_fp8" in shapes or any(k.endswith((".scale_weight", ".weight_scale")) for k in shapes):
-        return _scaled_fp8_model(cls, file, config, dtype)
-    folder = _config_dir(root, name, config)
-    (folder / "model.safetensors").symlink_to(file.resolve())
-    return cls.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
-
-
-def _scaled_fp8_model(cls: Any, file: Path, config: dict[str, Any], dtype: Any) -> Any:
-    """A model from ComfyUI's scaled fp8 layout (e.g. t5xxl_fp8_e4m3fn_scaled.safetensors): each
-    linear weight is float8 times its `scale_weight` (newer files: `weight_scale`), which only
-    ComfyUI's own layers apply; here the weights are multiplied out into `dtype`."""
-    import torch
-    from safetensors.torch import load_file
-
-    sd = load_file(str(file))
-    out = {}
-    for key, tensor in sd.items():
-        if key == "scaled_fp8" or key.endswith((".scale_weight", ".weight_scale", ".scale_input", ".input_scale",
-                                                 ".comfy_quant")):
-            continue
-        layer = key.removesuffix(".weight")
-        scale = sd.get(f"{layer}.scale_weight", sd.get(f"{layer}.weight_scale")) if key.endswith(".weight") else None
-        out[key] = tensor.to(torch.float32) * scale.to(torch.float32) if scale is not None else tensor.to(torch.float32)
-    with torch.device("meta"):
-        model = cls(cls.config_class(**{k: v for k, v in config.items() if k != "model_type"}))
-    model.load_state_dict(out, strict=False, assign=True)
-    model.tie_weights()  # T5's encoder.embed_tokens is its shared embedding
-    empty = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if empty:
-        raise PersonaError(f"lacks tensors the model needs ({', '.join(empty[:3])}{', ...' if len(empty) > 3 else ''})",
-                           file=file, fix="download the file again, or use the fp16 version of this text encoder")
-    return model.to(dtype).eval()
-
-
-def _split_single_blocks(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """Split each single block's fused linear1 into q, k, v and the MLP in diffusers' names.
-
-    diffusers' converter splits it at FLUX.1's full width (3072), which fails for any other width;
-    this splits at the file's own width, and leaves the converter zero-element stand-ins whose pieces
-    are then replaced."""
-    import torch
-
-    inner = checkpoint["img_in.weight"].shape[0]
-    done: dict[str, Any] = {}
-    for key in [k for k in checkpoint if re.fullmatch(r"single_blocks\.\d+\.linear1\.(weight|bias)", k)]:
-        i, kind = key.split(".")[1], key.rsplit(".", 1)[1]
-        tensor = checkpoint.pop(key)
-        q, k, v, mlp = torch.split(tensor, (inner, inner, inner, tensor.shape[0] - 3 * inner), dim=0)
-        prefix = f"single_transformer_blocks.{i}."
-        done.update({f"{prefix}attn.to_q.{kind}": q, f"{prefix}attn.to_k.{kind}": k, f"{prefix}attn.to_v.{kind}": v,
-                     f"{prefix}proj_mlp.{kind}": mlp})
-        checkpoint[key] = torch.empty(3 * FULL_WIDTH + 4 * FULL_WIDTH, 0)
-    return done
-
-
-def load_flux_transformer(file: Path, folder: Path, dtype: Any) -> Any:
-    """FluxTransformer2DModel from BFL's single file (safetensors, or GGUF kept quantised)."""
-    from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig
-    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers, \
-        load_single_file_checkpoint
-
-    shapes = tensor_shapes(file)
-    gguf = file.suffix.lower() == ".gguf"
-    # load_single_file_checkpoint reads .safetensors with safetensors and .gguf with gguf-py (never pickle:
-    # comfy_files only offers those suffixes)
-    checkpoint = load_single_file_checkpoint(str(file), local_files_only=True)
-    for prefix in ("model.diffusion_model.", "diffusion_model."):
-        checkpoint = {k.removeprefix(prefix): v for k, v in checkpoint.items()}
-    split = _split_single_blocks(checkpoint)
-    converted = convert_flux_transformer_checkpoint_to_diffusers(checkpoint)
-    converted.update(split)
-    config = _config_dir(folder, "transformer", flux_transformer_config(shapes))
-    return FluxTransformer2DModel.from_single_file(
-        converted, config=str(config), local_files_only=True, dtype=dtype,
-        quantization_config=GGUFQuantizationConfig(compute_dtype=dtype) if gguf else None)
+from persona.single_file import transformers_model, flux_components, load_wan_transformer
 
 
 def single_file_memory(transformer: Path, memory: Any) -> Any:
@@ -192,45 +29,11 @@ def single_file_memory(transformer: Path, memory: Any) -> Any:
 
 def load_flux_single_files(files: FluxFiles, memory: Any) -> Any:
     """A FluxPipeline made of the single files in `files`, placed per `memory` like a diffusers folder."""
-    import diffusers.utils.logging
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
-    from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+    from diffusers import FluxPipeline
 
-    diffusers.utils.logging.disable_progress_bar()
     dtype = load_dtype(memory)
     memory = single_file_memory(files.transformer, memory)
-    clip_shapes = tensor_shapes(files.clip_l)
-    # ComfyUI's tokenizer config says 8192; CLIP reads as many tokens as it has positions (77)
-    tokenizer = CLIPTokenizer.from_pretrained(
-        str(files.clip_tokenizer), model_max_length=clip_shapes["text_model.embeddings.position_embedding.weight"][0])
-    tokenizer_2 = T5TokenizerFast.from_pretrained(str(files.t5_tokenizer))
-    with tempfile.TemporaryDirectory(prefix="persona-flux-config-") as tmp:
-        root = Path(tmp)
-        transformer = load_flux_transformer(files.transformer, root, dtype)
-        vae = AutoencoderKL.from_single_file(str(files.vae), local_files_only=True, dtype=dtype,
-                                             config=str(_config_dir(root, "vae", vae_config(tensor_shapes(files.vae)))))
-        text_encoder = _transformers_model(CLIPTextModel, files.clip_l, clip_config(clip_shapes, tokenizer), root,
-                                           "clip_l", dtype)
-        text_encoder_2 = _transformers_model(T5EncoderModel, files.t5, t5_config(tensor_shapes(files.t5), tokenizer_2),
-                                             root, "t5", dtype)
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        **(FLUX_DEV_SCHEDULER if transformer.config.guidance_embeds else FLUX_SCHNELL_SCHEDULER))
-    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
-    return place_pipeline(pipe, memory)
-
-
-def load_wan_transformer(file: Path, folder: Path, dtype: Any) -> Any:
-    """WanTransformer3DModel from ComfyUI's single file in the original Wan names (safetensors, or GGUF
-    kept quantised); its config is the diffusers folder's own (wan_files checked that the
-    widths fit), so nothing is downloaded. diffusers' converter renames the keys and strips
-    `model.diffusion_model.`; .safetensors and .gguf are read without pickle."""
-    from diffusers import GGUFQuantizationConfig, WanTransformer3DModel
-
-    gguf = file.suffix.lower() == ".gguf"
-    return WanTransformer3DModel.from_single_file(
-        str(file), config=str(folder), subfolder="transformer", local_files_only=True, dtype=dtype,
-        quantization_config=GGUFQuantizationConfig(compute_dtype=dtype) if gguf else None)
+    return place_pipeline(FluxPipeline(**flux_components(files, dtype)), memory)
 
 
 def load_wan_single_files(folder: Path, files: WanFiles, memory: Any) -> Any:
@@ -252,5 +55,5 @@ def load_wan_single_files(folder: Path, files: WanFiles, memory: Any) -> Any:
         for name, cls in (("text_encoder", UMT5EncoderModel), ("image_encoder", CLIPVisionModel)):
             if name in files.parts:
                 config = json.loads((folder / name / "config.json").read_text())
-                components[name] = _transformers_model(cls, files.parts[name], config, Path(tmp), name, dtype)
+                components[name] = transformers_model(cls, files.parts[name], config, Path(tmp), name, dtype)
     return load_pipeline(WanImageToVideoPipeline, folder, memory, **components)

@@ -211,7 +211,7 @@ def test_a_scaled_fp8_t5_is_multiplied_out(comfy, tmp_path):
     from transformers import T5EncoderModel, T5TokenizerFast
 
     from persona.comfy_files import tensor_shapes
-    from persona.inference.single_file import _transformers_model, t5_config
+    from persona.single_file import transformers_model, t5_config
 
     c = _copy_tree(comfy, tmp_path)
     fp16 = c.models / "text_encoders/t5xxl_fp16.safetensors"
@@ -231,7 +231,7 @@ def test_a_scaled_fp8_t5_is_multiplied_out(comfy, tmp_path):
     ids = tokenizer("the presenter at a whiteboard", return_tensors="pt").input_ids
 
     def encode(file: Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        model = _transformers_model(T5EncoderModel, file, t5_config(tensor_shapes(file), tokenizer), tmp_path, name,
+        model = transformers_model(T5EncoderModel, file, t5_config(tensor_shapes(file), tokenizer), tmp_path, name,
                                     torch.float32)
         with torch.no_grad():
             return model(ids).last_hidden_state, model.encoder.block[1].layer[0].SelfAttention.q.weight
