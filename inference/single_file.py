@@ -3,14 +3,13 @@ components come from persona.single_file, placed per the render profile like a d
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from persona.comfy_files import FluxFiles, WanFiles
 from persona.inference.memory import load_dtype, load_pipeline, place_pipeline
 from persona.progress import warn
-from persona.single_file import transformers_model, flux_components, load_wan_transformer
+from persona.single_file import flux_components, wan_components
 
 
 def single_file_memory(transformer: Path, memory: Any) -> Any:
@@ -36,24 +35,14 @@ def load_flux_single_files(files: FluxFiles, memory: Any) -> Any:
     return place_pipeline(FluxPipeline(**flux_components(files, dtype)), memory)
 
 
-def load_wan_single_files(folder: Path, files: WanFiles, memory: Any) -> Any:
-    """A WanImageToVideoPipeline from the diffusers folder with the parts in `files` (transformer,
-    UMT5, CLIP vision) from single files; each takes the folder's own config, so nothing is derived or
-    downloaded."""
-    import json
-
+def load_wan_single_files(files: WanFiles, memory: Any) -> Any:
+    """A WanImageToVideoPipeline with the parts in `files` from single files, and the rest from its
+    diffusers folder when it has one; placed per `memory` like a diffusers folder."""
     from diffusers import WanImageToVideoPipeline
-    from transformers import CLIPVisionModel, UMT5EncoderModel
 
     transformer = files.parts.get("transformer")
     memory = single_file_memory(transformer, memory) if transformer else memory
-    dtype = load_dtype(memory)
-    components: dict[str, Any] = {}
-    if transformer:
-        components["transformer"] = load_wan_transformer(transformer, folder, dtype)
-    with tempfile.TemporaryDirectory(prefix="persona-wan-config-") as tmp:
-        for name, cls in (("text_encoder", UMT5EncoderModel), ("image_encoder", CLIPVisionModel)):
-            if name in files.parts:
-                config = json.loads((folder / name / "config.json").read_text())
-                components[name] = transformers_model(cls, files.parts[name], config, Path(tmp), name, dtype)
-    return load_pipeline(WanImageToVideoPipeline, folder, memory, **components)
+    components = wan_components(files, load_dtype(memory))
+    if files.folder is not None:
+        return load_pipeline(WanImageToVideoPipeline, files.folder, memory, **components)
+    return place_pipeline(WanImageToVideoPipeline(**components), memory)

@@ -21,32 +21,34 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from persona.comfy_files import WanFiles, wan_files
+from persona.comfy_files import WanFiles, resolve_wan
 from persona.errors import PersonaError
 from persona.files import hash_json, is_fresh, mark_fresh
 from persona.inference.memory import Lazy, load_pipeline
 from persona.inference.plan import SceneDir, chunk_lengths, scene_seed
 from persona.inference.stage import RenderJob, Stage, Tick, model_key, step_callback
 from persona.media import read_frames, write_video
-from persona.models import find, locate
+from persona.models import locate
 from persona.progress import warn
 
 if TYPE_CHECKING:
     from persona.workspace import Workspace
 
 
-def resolve_model(ws: Workspace, anchor: str) -> tuple[str, Path, str]:
-    """(anchor actually used, checkpoint folder, registry key)."""
+def resolve_model(ws: Workspace, anchor: str) -> tuple[str, Path | WanFiles, str]:
+    """(anchor actually used, Wan's diffusers folder or single files, registry key). Each checkpoint
+    comes from a folder or the ComfyUI models folder (persona.comfy_files.resolve_wan)."""
     if anchor == "first-last":
-        flf = find("wan-flf2v", models=ws.pack.models)
-        if flf is not None and not flf.problems:
-            return anchor, flf.path, "wan-flf2v"
-        if find("wan-i2v", models=ws.pack.models) is None:
+        flf = resolve_wan("wan-flf2v", ws.pack.models)
+        if flf is not None:
+            return anchor, flf, "wan-flf2v"
+        if resolve_wan("wan-i2v", ws.pack.models) is None:
             locate("wan-flf2v", models=ws.pack.models)  # raises with the fetch command
         warn("first-last anchoring needs the Wan FLF2V checkpoint (see `persona doctor`); "
              "anchoring every chunk by restarting from the keyframe instead", once=True)
         anchor = "restart"
-    return anchor, locate("wan-i2v", models=ws.pack.models), "wan-i2v"
+    i2v = resolve_wan("wan-i2v", ws.pack.models)
+    return anchor, i2v if i2v is not None else locate("wan-i2v", models=ws.pack.models), "wan-i2v"
 
 
 def video_prompt(scene: Any) -> str:
@@ -68,13 +70,11 @@ class VideoStage(Stage):
 
     def __init__(self, job: RenderJob, scenes: list[SceneDir]):
         self.animated = scenes
-        self.anchor, self.path, self.model = resolve_model(job.ws, job.settings.video.anchor)
-        # the transformer, UMT5 and CLIP vision from the user's ComfyUI models folder, unless a diffusers
-        # folder was chosen by hand ([models] wan-i2v): the rest of Wan (the VAE) comes from the folder
-        chosen = find(self.model, models=job.ws.pack.models)
-        self.files = None if chosen is not None and chosen.source != "hf-cache" else \
-            wan_files(self.model, self.path, job.ws.pack.models)
-        self.model_id = model_key(self.path, *self.files.identity()) if self.files else model_key(self.path)
+        self.anchor, source, self.model = resolve_model(job.ws, job.settings.video.anchor)
+        # a folder, or single files from the user's ComfyUI models folder (with or without a folder)
+        self.files = source if isinstance(source, WanFiles) else None
+        self.path = source if isinstance(source, Path) else self.files.folder
+        self.model_id = model_key(*self.files.identity()) if self.files else model_key(self.path)
 
     def scenes(self, job: RenderJob) -> list[SceneDir]:
         return self.animated
@@ -101,7 +101,7 @@ class VideoStage(Stage):
         if self.files is not None:
             from persona.inference.single_file import load_wan_single_files
 
-            return load_wan_single_files(self.path, self.files, job.settings.video.memory)
+            return load_wan_single_files(self.files, job.settings.video.memory)
         return load_pipeline(WanImageToVideoPipeline, self.path, job.settings.video.memory)
 
     def make(self, job: RenderJob, scene: SceneDir, model: Lazy, tick: Tick) -> dict[str, Any]:
@@ -151,5 +151,5 @@ class VideoStage(Stage):
         write_video(chunk, (np.clip(out, 0, 1) * 255).round().astype(np.uint8), v.fps, crf=12)
 
     def summary(self, job: RenderJob) -> dict[str, Any]:
-        return {"anchor": self.anchor, "model": str(self.path),
+        return {"anchor": self.anchor, "model": str(self.path) if self.path else None,
                 "single_files": {k: str(p) for k, p in self.files.parts.items()} if self.files else None}

@@ -107,6 +107,21 @@ def is_umt5(s: Shapes) -> bool:
             and "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight" in s)
 
 
+def is_wan_vae(s: Shapes) -> bool:
+    """Wan 2.1's video autoencoder in the original Wan names (wan_2.1_vae.safetensors): 3-D causal
+    convolutions in flat `downsamples`/`upsamples` lists."""
+    conv = s.get("decoder.conv1.weight")
+    return (conv is not None and len(conv) == 5 and "encoder.downsamples.0.residual.0.gamma" in s
+            and "decoder.upsamples.0.residual.0.gamma" in s)
+
+
+def wan_vae_layout_fits(s: Shapes) -> bool:
+    """The block layout of every released Wan 2.1 VAE (4 levels of 2 residual blocks: 11 encoder and 15
+    decoder entries), the only one diffusers' converter maps; any channel width fits."""
+    return (count_indices(s, r"encoder\.downsamples\.(\d+)\.") == 11
+            and count_indices(s, r"decoder\.upsamples\.(\d+)\.") == 15)
+
+
 def is_clip_vision(s: Shapes) -> bool:
     return "vision_model.embeddings.patch_embedding.weight" in s and "vision_model.encoder.layers.0.self_attn.q_proj.weight" in s
 
@@ -143,6 +158,7 @@ WAN_PARTS = {
                          "umt5_xxl_fp16.safetensors"),
     "image_encoder": Part("CLIP vision encoder", ("clip_vision",), is_clip_vision, r"clip_vision_h",
                           "clip_vision_h.safetensors"),
+    "vae": Part("Wan 2.1 VAE", ("vae",), is_wan_vae, r"wan_?2\.1_vae", "wan_2.1_vae.safetensors"),
 }
 TOKENIZERS = {"clip_l": "comfy/sd1_tokenizer", "t5": "comfy/text_encoders/t5_tokenizer"}
 
@@ -162,7 +178,8 @@ class ComfyModels:
                                fix="set [models] comfyui to the models folder inside a ComfyUI install (.../ComfyUI/models)")
         return folder
 
-    def pick(self, part: Part, fits_with: Callable[[Shapes], bool] | None = None) -> Path:
+    def pick(self, part: Part, fits_with: Callable[[Shapes], bool] | None = None,
+             fits_what: str = "that fits the transformer") -> Path:
         """The file in the part's folders whose tensors are that part's, and fit `fits_with` (the
         widths the transformer takes); see the module's rule for several. A file that cannot be read
         (a partial download) is skipped, and named if nothing fits."""
@@ -186,7 +203,7 @@ class ComfyModels:
         if not fits:
             skipped = f"; skipped {', '.join(ignored)}" if ignored else ""
             kinds = "a .safetensors or .gguf file" if part.gguf else "a .safetensors file"
-            widths = " that fits the transformer" if fits_with is not None else ""
+            widths = f" {fits_what}" if fits_with is not None else ""
             raise PersonaError(f"no {part.title}{widths} in {where} ({kinds}){skipped}", file=self.models,
                                fix=f"put {part.example} in {self.models / part.folders[0]}")
         fits.sort(key=lambda f: (re.search(part.prefer, f.name, re.IGNORECASE) is None, f.relative_to(self.models).as_posix()))
@@ -284,13 +301,20 @@ def resolve_flux(models: dict[str, str] | None = None) -> Path | FluxFiles | Non
 
 @dataclass(frozen=True)
 class WanFiles:
-    """The parts of Wan that come from single files in a ComfyUI models folder, by pipeline component
-    (transformer, text_encoder, image_encoder); the rest comes from the diffusers folder."""
+    """Wan's parts that come from single files in a ComfyUI models folder, by pipeline component
+    (transformer, text_encoder, image_encoder, vae). With `folder` (a diffusers Wan folder) the parts it
+    lacks and every config come from there; without, all four are files and the configs are derived."""
 
     parts: dict[str, Path]
+    folder: Path | None = None
+    first_last: bool = False
 
     def identity(self) -> tuple[Path, ...]:
-        return tuple(self.parts[k] for k in sorted(self.parts))
+        return (*([self.folder] if self.folder else []), *(self.parts[k] for k in sorted(self.parts)))
+
+    def describe(self) -> str:
+        order = ("transformer", "text_encoder", "image_encoder", "vae")
+        return ", ".join(self.parts[k].name for k in sorted(self.parts, key=order.index))
 
 
 def count_indices(s: Shapes, pattern: str) -> int:
@@ -330,4 +354,51 @@ def wan_files(key: str, folder: Path, models: dict[str, str] | None = None) -> W
             parts[name] = comfy.pick(WAN_PARTS[key if name == "transformer" else name], fit)
         except PersonaError as e:
             warn(f"{e}; using the {name.replace('_', ' ')} of {folder} instead", once=True)
-    return WanFiles(parts) if parts else None
+    return WanFiles(parts, folder, first_last=key == "wan-flf2v") if parts else None
+
+
+def _wan_transformer_widths(s: Shapes) -> tuple[int, int | None, int]:
+    """(text width, CLIP image width or None, latent channels) a Wan transformer file takes."""
+    patch = s["patch_embedding.weight"][2:]
+    channels = s["head.head.weight"][0] // (patch[0] * patch[1] * patch[2])
+    return s["text_embedding.0.weight"][1], s.get("img_emb.proj.0.weight", (None,))[0], channels
+
+
+def wan_files_alone(key: str, comfy: ComfyModels) -> WanFiles:
+    """All of Wan (`key`: wan-i2v or wan-flf2v) from the ComfyUI models folder: the transformer, then the
+    UMT5, CLIP vision and VAE files that fit its widths. UMT5 must hold its tokenizer (`spiece_model`,
+    as ComfyUI's own umt5 files do), since no diffusers folder supplies one. Raises naming the part
+    that is missing."""
+    transformer = comfy.pick(WAN_PARTS[key])
+    text, image, channels = _wan_transformer_widths(tensor_shapes(transformer))
+    return WanFiles({
+        "transformer": transformer,
+        "text_encoder": comfy.pick(WAN_PARTS["text_encoder"],
+                                   lambda s: _t5_width(s) == text and "spiece_model" in s,
+                                   "that fits the transformer and holds its tokenizer (spiece_model)"),
+        "image_encoder": comfy.pick(WAN_PARTS["image_encoder"],
+                                    lambda s: s["vision_model.embeddings.patch_embedding.weight"][0] == image),
+        "vae": comfy.pick(WAN_PARTS["vae"], lambda s: s["conv2.weight"][0] == channels and wan_vae_layout_fits(s),
+                          "that fits the transformer (Wan 2.1's layout)"),
+    }, first_last=key == "wan-flf2v")
+
+
+def resolve_wan(key: str, models: dict[str, str] | None = None) -> Path | WanFiles | None:
+    """Where Wan (`key`) comes from, by resolve_flux's rule: a diffusers folder the user chose, whole;
+    the Hugging Face cache's folder with the ComfyUI folder's parts that fit it; all four parts from
+    the ComfyUI folder; or None when neither has it. Raises naming the missing part when the ComfyUI
+    folder has this transformer but not the rest."""
+    found = find(key, models=models)
+    usable = found is not None and not found.problems
+    if usable and found.source != "hf-cache":
+        return found.path
+    if usable:
+        return wan_files(key, found.path, models) or found.path
+    comfy = comfy_models(models)
+    if comfy is None:
+        return None
+    try:
+        comfy.pick(WAN_PARTS[key])
+    except PersonaError:
+        return None  # not this checkpoint: the caller says how to get it
+    return wan_files_alone(key, comfy)

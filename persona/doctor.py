@@ -104,15 +104,17 @@ def diagnose(workspace: Any | None = None, comfyui: list[dict[str, Any]] | None 
         path = _package_file(package, rel)
         bundled.append({"title": title, "stages": [stage], "found": path is not None, "path": str(path) if path else None,
                         "fetch": None if path else f"pip install {package.replace('_', '-')}"})
-    flux_files = _comfy_flux(models_table)
-    if flux_files is not None:  # FLUX's single files in the ComfyUI models folder draw keyframes (not train-lora)
-        flux = next(m for m in models if m["key"] == "flux")
-        flux["single_files"] = flux_files
-        if flux_files["found"]:
-            comfy = next(m for m in models if m["key"] == "comfyui")
-            comfy["path"] = f"{comfy['path']} (FLUX for keyframes: {flux_files['files']})"
-        elif not flux["found"]:
-            flux["problems"] = [*flux["problems"], f"[models] comfyui: {flux_files['problem']}"]
+    found_in_comfy = []
+    for key, files in _comfy_single_files(models_table).items():  # the ComfyUI folder's files, per model
+        entry = next(m for m in models if m["key"] == key)
+        entry["single_files"] = files
+        if files["found"]:
+            found_in_comfy.append(f"{COMFY_USES[key]}: {files['files']}")
+        elif not entry["found"]:
+            entry["problems"] = [*entry["problems"], f"[models] comfyui: {files['problem']}"]
+    if found_in_comfy:
+        comfy = next(m for m in models if m["key"] == "comfyui")
+        comfy["path"] = f"{comfy['path']} ({'; '.join(found_in_comfy)})"
     report = {"system": system, "models": models, "bundled": bundled,
               "verdict": _verdict(gpu, models, bundled, comfyui or [])}
     if comfyui:
@@ -120,17 +122,37 @@ def diagnose(workspace: Any | None = None, comfyui: list[dict[str, Any]] | None 
     return report
 
 
-def _comfy_flux(models_table: dict[str, str]) -> dict[str, Any] | None:
-    """FLUX's single files in the configured ComfyUI models folder, or why they are not usable;
-    None when no folder is configured."""
-    from persona.comfy_files import comfy_models, flux_files
+COMFY_USES = {"flux": "FLUX for keyframes", "wan-i2v": "Wan image-to-video", "wan-flf2v": "Wan first-last-frame"}
+
+
+def _comfy_single_files(models_table: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Per model (flux, wan-i2v, wan-flf2v), its single files in the configured ComfyUI models folder or
+    why they are not usable. Empty without a folder; a Wan checkpoint whose transformer is not there
+    is left out (most folders hold one of the two)."""
+    from persona.comfy_files import WAN_PARTS, comfy_models, flux_files, wan_files_alone
     from persona.errors import PersonaError
 
     try:
         comfy = comfy_models(models_table)
-        return None if comfy is None else {"found": True, "files": flux_files(comfy).describe()}
     except PersonaError as e:
-        return {"found": False, "problem": str(e)}
+        return {"flux": {"found": False, "problem": str(e)}}
+    if comfy is None:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        out["flux"] = {"found": True, "files": flux_files(comfy).describe()}
+    except PersonaError as e:
+        out["flux"] = {"found": False, "problem": str(e)}
+    for key in ("wan-i2v", "wan-flf2v"):
+        try:
+            comfy.pick(WAN_PARTS[key])
+        except PersonaError:
+            continue
+        try:
+            out[key] = {"found": True, "files": wan_files_alone(key, comfy).describe()}
+        except PersonaError as e:
+            out[key] = {"found": False, "problem": str(e)}
+    return out
 
 
 def _engines(stage: str, gpu_ok: bool, need: int, have: set[str], comfyui: list[dict[str, Any]]) -> tuple[bool, str]:
@@ -178,9 +200,8 @@ def _verdict(gpu: dict[str, Any], models: list[dict[str, Any]], bundled: list[di
         "ingest: caption images with Florence-2" + ("" if "florence2" in have else " (token-only captions instead)"))
     (can if {"whisper", "align-en"} <= have else cannot).append(
         "ingest: transcribe voice clips" + ("" if {"whisper", "align-en"} <= have else " (clips stay untranscribed)"))
-    # keyframes also run from FLUX's single files in the ComfyUI models folder
-    if any(m["key"] == "flux" and (m.get("single_files") or {}).get("found") for m in models):
-        have = have | {"flux"}
+    # keyframes and video also run from single files in the ComfyUI models folder
+    have = have | {m["key"] for m in models if (m.get("single_files") or {}).get("found")}
     vram = gpu.get("vram_gb") or 0
     for stage, need in GPU_STAGES.items():
         gpu_ok = bool(gpu.get("available")) and not (vram and vram < need)

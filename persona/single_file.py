@@ -14,10 +14,10 @@ import json
 import re
 import tempfile
 from pathlib import Path
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
-from persona.comfy_files import FluxFiles, Shapes, count_indices, tensor_shapes
+from persona.comfy_files import FluxFiles, Shapes, WanFiles, count_indices, tensor_shapes
 from persona.errors import PersonaError
 
 # FLUX.1-dev's and FLUX.1-schnell's scheduler_config.json (schnell: no guidance embedding, no shift)
@@ -213,15 +213,127 @@ def flux_components(files: FluxFiles, dtype: Any, only: Collection[str] = FLUX_C
     return out
 
 
-def load_wan_transformer(file: Path, folder: Path, dtype: Any) -> Any:
+# --- Wan 2.1 -----------------------------------------------------------------------------------
+# What a Wan file cannot say, from the published diffusers Wan 2.1 repositories and diffusers'
+# convert_wan_to_diffusers.py: UniPC on flow sigmas, shifted by 3 (16 for first-last-frame); heads of
+# 128 channels; rope tables 1024 long (longer tables leave the first 1024 positions unchanged).
+WAN_HEAD_DIM = 128
+WAN_ROPE_LENGTH = 1024
+
+
+def wan_scheduler_config(first_last: bool) -> dict[str, Any]:
+    return {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "num_train_timesteps": 1000,
+            "flow_shift": 16.0 if first_last else 3.0}
+
+
+def wan_transformer_config(s: Shapes) -> dict[str, Any]:
+    """WanTransformer3DModel settings of a transformer in the original Wan names."""
+    dim, in_channels, *patch = s["patch_embedding.weight"]
+    heads = max(1, dim // WAN_HEAD_DIM)  # a model narrower than one head (a test's) is one head wide
+    return {"_class_name": "WanTransformer3DModel", "patch_size": patch, "num_attention_heads": heads,
+            "attention_head_dim": dim // heads, "in_channels": in_channels,
+            "out_channels": s["head.head.weight"][0] // (patch[0] * patch[1] * patch[2]),
+            "text_dim": s["text_embedding.0.weight"][1], "freq_dim": s["time_embedding.0.weight"][1],
+            "ffn_dim": s["blocks.0.ffn.0.weight"][0], "num_layers": count_indices(s, r"blocks\.(\d+)\."),
+            "cross_attn_norm": "blocks.0.norm3.weight" in s, "qk_norm": "rms_norm_across_heads", "eps": 1e-6,
+            "image_dim": s["img_emb.proj.0.weight"][0] if "img_emb.proj.0.weight" in s else None,
+            "added_kv_proj_dim": s["blocks.0.cross_attn.k_img.weight"][1] if "blocks.0.cross_attn.k_img.weight" in s else None,
+            "rope_max_seq_len": WAN_ROPE_LENGTH,
+            "pos_embed_seq_len": s["img_emb.emb_pos"][1] if "img_emb.emb_pos" in s else None}
+
+
+def wan_vae_config(s: Shapes) -> dict[str, Any]:
+    """AutoencoderKLWan settings of Wan 2.1's VAE in the original names (the layout comfy_files checked;
+    its latent statistics are diffusers' defaults, which are Wan 2.1's)."""
+    return {"_class_name": "AutoencoderKLWan", "base_dim": s["encoder.conv1.weight"][0], "z_dim": s["conv2.weight"][0],
+            "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [], "temperal_downsample": [False, True, True],
+            "dropout": 0.0}
+
+
+def clip_vision_config(s: Shapes) -> dict[str, Any]:
+    """CLIPVisionModel settings of a CLIP vision file (ComfyUI's clip_vision_h: OpenCLIP ViT-H/14). Its
+    heads are not in the file: CLIP's ViT-L, ViT-H and ViT-bigG have 16, narrower ones 64-wide heads."""
+    hidden, _, patch, _ = s["vision_model.embeddings.patch_embedding.weight"]
+    side = round((s["vision_model.embeddings.position_embedding.weight"][0] - 1) ** 0.5)
+    return {"model_type": "clip_vision_model", "architectures": ["CLIPVisionModel"], "hidden_size": hidden,
+            "intermediate_size": s["vision_model.encoder.layers.0.mlp.fc1.weight"][0],
+            "num_hidden_layers": count_indices(s, r"vision_model\.encoder\.layers\.(\d+)\."),
+            "num_attention_heads": 16 if hidden >= 1024 else max(1, hidden // 64), "patch_size": patch,
+            "image_size": side * patch, "hidden_act": "gelu", "layer_norm_eps": 1e-5,
+            "projection_dim": s.get("visual_projection.weight", (hidden,))[0]}
+
+
+def umt5_tokenizer(file: Path, root: Path) -> Any:
+    """UMT5's tokenizer from the `spiece_model` bytes ComfyUI keeps inside its umt5 files (ComfyUI
+    tokenizes with exactly this SentencePiece model; transformers converts it)."""
+    from safetensors import safe_open
+    from transformers import T5Tokenizer
+
+    with safe_open(str(file), framework="pt") as f:
+        data = f.get_tensor("spiece_model").numpy().tobytes()
+    folder = root / "umt5-tokenizer"
+    folder.mkdir()
+    (folder / "spiece.model").write_bytes(data)
+    return T5Tokenizer.from_pretrained(str(folder), extra_ids=0)
+
+
+def load_wan_transformer(file: Path, config: Path, dtype: Any) -> Any:
     """WanTransformer3DModel from ComfyUI's single file in the original Wan names (safetensors, or GGUF
-    kept quantised); its config is the diffusers folder's own (wan_files checked that the
-    widths fit), so nothing is downloaded. diffusers' converter renames the keys and strips
-    `model.diffusion_model.`; .safetensors and .gguf are read without pickle."""
+    kept quantised), with the config in the folder `config` (a diffusers folder's transformer/, or one
+    derived from the file). diffusers' converter renames the keys and strips `model.diffusion_model.`,
+    but not first-last-frame's image position embedding (diffusers 0.42 leaves it unloaded), which is
+    renamed here. .safetensors and .gguf are read without pickle."""
     from diffusers import GGUFQuantizationConfig, WanTransformer3DModel
+    from diffusers.loaders.single_file_utils import load_single_file_checkpoint
 
     gguf = file.suffix.lower() == ".gguf"
+    checkpoint = {k.removeprefix("model.diffusion_model."): v
+                  for k, v in load_single_file_checkpoint(str(file), local_files_only=True).items()}
+    if "img_emb.emb_pos" in checkpoint:
+        checkpoint["condition_embedder.image_embedder.pos_embed"] = checkpoint.pop("img_emb.emb_pos")
     return WanTransformer3DModel.from_single_file(
-        str(file), config=str(folder), subfolder="transformer", local_files_only=True, dtype=dtype,
+        checkpoint, config=str(config), local_files_only=True, dtype=dtype,
         quantization_config=GGUFQuantizationConfig(compute_dtype=dtype) if gguf else None)
 
+
+def wan_components(files: WanFiles, dtype: Any) -> dict[str, Any]:
+    """WanImageToVideoPipeline's components made of the single files in `files`. With a diffusers
+    folder, each takes that folder's config (comfy_files checked that the widths fit) and the rest is
+    the folder's; without, every config is derived and the tokenizer, image processor and scheduler
+    are made too, so the pipeline is whole."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
+    from transformers import CLIPImageProcessor, CLIPVisionModel, UMT5EncoderModel
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="persona-wan-config-") as tmp:
+        root = Path(tmp)
+
+        def config(name: str, derive: Callable[[Shapes], dict[str, Any]]) -> dict[str, Any]:
+            if files.folder is not None:
+                return json.loads((files.folder / name / "config.json").read_text())
+            return derive(tensor_shapes(files.parts[name]))
+
+        if "transformer" in files.parts:
+            folder = files.folder / "transformer" if files.folder else \
+                _config_dir(root, "transformer", config("transformer", wan_transformer_config))
+            out["transformer"] = load_wan_transformer(files.parts["transformer"], folder, dtype)
+        if files.folder is None:
+            out["tokenizer"] = umt5_tokenizer(files.parts["text_encoder"], root)
+        if "text_encoder" in files.parts:
+            te = config("text_encoder", lambda s: {**t5_config(s, out["tokenizer"]), "model_type": "umt5",
+                                                   "architectures": ["UMT5EncoderModel"]})
+            out["text_encoder"] = transformers_model(UMT5EncoderModel, files.parts["text_encoder"], te, root,
+                                                     "text_encoder", dtype)
+        if "image_encoder" in files.parts:
+            ie = config("image_encoder", clip_vision_config)
+            out["image_encoder"] = transformers_model(CLIPVisionModel, files.parts["image_encoder"], ie, root,
+                                                      "image_encoder", dtype)
+        if "vae" in files.parts:
+            vae = _config_dir(root, "vae", config("vae", wan_vae_config))
+            out["vae"] = AutoencoderKLWan.from_single_file(str(files.parts["vae"]), config=str(vae),
+                                                           local_files_only=True, dtype=dtype)
+    if files.folder is None:
+        size = out["image_encoder"].config.image_size
+        out["image_processor"] = CLIPImageProcessor(crop_size=size, size={"shortest_edge": size})
+        out["scheduler"] = UniPCMultistepScheduler(**wan_scheduler_config(files.first_last))
+    return out

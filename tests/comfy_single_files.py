@@ -233,3 +233,119 @@ def build_comfyui_wan(root: Path, wan: Path) -> dict[str, Path]:
     save_file({k if k.startswith("vision_model.") else f"vision_model.{k}": v.contiguous() for k, v in clip.items()},
               str(paths["image_encoder"]))
     return paths
+
+
+def _resnet_leaf(rest: str) -> str:
+    for new, old in (("norm1.gamma", "residual.0.gamma"), ("conv1.", "residual.2."), ("norm2.gamma", "residual.3.gamma"),
+                     ("conv2.", "residual.6."), ("conv_shortcut.", "shortcut.")):
+        if rest.startswith(new):
+            return old + rest[len(new):]
+    return rest  # a resampler's resample.1 / time_conv keep their names
+
+
+def wan_vae_to_original(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers AutoencoderKLWan state dict (Wan 2.1's layout) in the original Wan names, as
+    wan_2.1_vae.safetensors holds it; each rule undoes one of diffusers' convert_wan_vae_to_diffusers."""
+    out = {}
+    for key, t in sd.items():
+        k = key
+        for new, old in (("encoder.conv_in.", "encoder.conv1."), ("decoder.conv_in.", "decoder.conv1."),
+                         ("encoder.norm_out.", "encoder.head.0."), ("decoder.norm_out.", "decoder.head.0."),
+                         ("encoder.conv_out.", "encoder.head.2."), ("decoder.conv_out.", "decoder.head.2."),
+                         ("post_quant_conv.", "conv2."), ("quant_conv.", "conv1.")):
+            if k.startswith(new):
+                k = old + k[len(new):]
+                break
+        if m := re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d)\.(.*)", k):
+            k = f"{m.group(1)}.middle.{2 * int(m.group(2))}.{_resnet_leaf(m.group(3))}"
+        k = re.sub(r"(encoder|decoder)\.mid_block\.attentions\.0\.", r"\1.middle.1.", k)
+        if m := re.match(r"encoder\.down_blocks\.(\d+)\.(.*)", k):
+            k = f"encoder.downsamples.{m.group(1)}.{_resnet_leaf(m.group(2))}"
+        if m := re.match(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", k):
+            k = f"decoder.upsamples.{4 * int(m.group(1)) + int(m.group(2))}.{_resnet_leaf(m.group(3))}"
+        if m := re.match(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.(.*)", k):
+            k = f"decoder.upsamples.{4 * int(m.group(1)) + 3}.{m.group(2)}"
+        out[k] = t
+    return out
+
+
+def sentencepiece_model(vocab_size: int = 300) -> bytes:
+    """A real SentencePiece unigram model (UMT5's pad 0, eos 1, unk 2, no bos) trained on the tiny corpus."""
+    import io
+
+    import sentencepiece as spm
+
+    from persona.tiny import CORPUS
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS.splitlines()), model_writer=buf, vocab_size=vocab_size,
+                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   hard_vocab_limit=False, minloglevel=2)
+    return buf.getvalue()
+
+
+def build_comfyui_wan_alone(root: Path, seed: int = 0) -> dict[str, Path]:
+    """A ComfyUI models folder holding all of a tiny Wan 2.1 as ComfyUI's own files, with no diffusers
+    folder anywhere: the I2V and FLF2V transformers (original names), UMT5 with its SentencePiece
+    tokenizer inside (`spiece_model`), CLIP vision (as clip_vision_h, with its projection) and the VAE
+    (as wan_2.1_vae.safetensors, in Wan 2.1's block layout at a narrow width). The shapes follow the
+    real models' rules that a file does not state (128-wide heads, so one head here; CLIP's 64-wide
+    heads; gelu). root/reference is the same I2V weights as a diffusers folder with the published Wan
+    scheduler and CLIP image processor."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+    from safetensors.torch import save_file
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, T5Tokenizer, UMT5Config, \
+        UMT5EncoderModel
+
+    models = root / "ComfyUI" / "models"
+    for sub in ("diffusion_models", "vae", "text_encoders", "clip_vision"):
+        (models / sub).mkdir(parents=True)
+    spiece = sentencepiece_model()
+    (root / "tokenizer").mkdir()
+    (root / "tokenizer" / "spiece.model").write_bytes(spiece)
+    tok = T5Tokenizer.from_pretrained(str(root / "tokenizer"), extra_ids=0)
+
+    torch.manual_seed(seed)
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=37, num_layers=2,
+                                               num_heads=4, relative_attention_num_buckets=8, pad_token_id=0,
+                                               eos_token_id=1, decoder_start_token_id=0))
+    text_encoder.half().float()  # the file holds fp16, as umt5_xxl_fp16.safetensors does: the reference the same values
+    clip_hidden, clip_image, patch = 16, 32, 4
+    image_encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=clip_hidden, projection_dim=clip_hidden,
+                                                     num_hidden_layers=2, num_attention_heads=1, image_size=clip_image,
+                                                     intermediate_size=32, patch_size=patch, hidden_act="gelu"))
+    vae = AutoencoderKLWan(base_dim=8, z_dim=16)  # Wan 2.1's layout (dim_mult 1,2,4,4; 2 blocks), narrow
+    tokens_per_image = (clip_image // patch) ** 2 + 1
+
+    def transformer(first_last: bool) -> WanTransformer3DModel:
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=1, attention_head_dim=24, in_channels=36, out_channels=16,
+            text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=32, image_dim=clip_hidden, added_kv_proj_dim=24,
+            pos_embed_seq_len=2 * tokens_per_image if first_last else None)
+
+    i2v, flf2v = transformer(False), transformer(True)
+    torch.nn.init.normal_(flf2v.condition_embedder.image_embedder.pos_embed)  # zeros at init: a test could not tell
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                        num_train_timesteps=1000, flow_shift=3.0)
+    WanImageToVideoPipeline(tokenizer=tok, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                            image_processor=CLIPImageProcessor(crop_size=clip_image, size={"shortest_edge": clip_image}),
+                            image_encoder=image_encoder, transformer=i2v).save_pretrained(str(root / "reference"))
+    paths = {"transformer": models / "diffusion_models/wan2.1_i2v_480p_14B_fp16.safetensors",
+             "flf2v": root / "wan2.1_flf2v_720p_14B_fp16.safetensors",  # placed by the tests that want it
+             "text_encoder": models / "text_encoders/umt5_xxl_fp16.safetensors",
+             "image_encoder": models / "clip_vision/clip_vision_h.safetensors",
+             "vae": models / "vae/wan_2.1_vae.safetensors", "spiece": root / "tokenizer/spiece.model",
+             "models": models, "install": root / "ComfyUI", "reference": root / "reference"}
+    save_file({k: v.contiguous() for k, v in wan_to_original(i2v.state_dict()).items()}, str(paths["transformer"]))
+    save_file({k: v.contiguous() for k, v in wan_to_original(flf2v.state_dict()).items()}, str(paths["flf2v"]))
+    umt5 = {k: v.half().contiguous() for k, v in text_encoder.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    save_file({**umt5, "spiece_model": torch.frombuffer(bytearray(spiece), dtype=torch.uint8)}, str(paths["text_encoder"]))
+    clip = {k if k.startswith("vision_model.") else f"vision_model.{k}": v.contiguous()
+            for k, v in image_encoder.state_dict().items()}
+    save_file({**clip, "visual_projection.weight": torch.randn(clip_hidden, clip_hidden)}, str(paths["image_encoder"]))
+    original = wan_vae_to_original(vae.state_dict())
+    assert set(convert_wan_vae_to_diffusers(original)) == set(vae.state_dict()), "the VAE fixture's names do not round-trip"
+    save_file({k: v.contiguous() for k, v in original.items()}, str(paths["vae"]))
+    return paths

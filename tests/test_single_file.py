@@ -271,10 +271,10 @@ def test_a_wan_single_file_animates_exactly_what_the_diffusers_folder_does(comfy
 
     folder = tiny_models["wan-i2v"]
     parts = {k: comfy_wan[k] for k in ("transformer", "text_encoder", "image_encoder")}
-    single = load_wan_single_files(folder, WanFiles(parts), Memory())
+    single = load_wan_single_files(WanFiles(parts, folder), Memory())
     reference = _animate(load_pipeline(WanImageToVideoPipeline, folder, Memory()))
     np.testing.assert_array_equal(_animate(single), reference)
-    gguf = load_wan_single_files(folder, WanFiles({"transformer": comfy_wan["gguf"]}), Memory())
+    gguf = load_wan_single_files(WanFiles({"transformer": comfy_wan["gguf"]}, folder), Memory())
     weight = gguf.transformer.blocks[0].ffn.net[2].weight  # [24, 32]: 32-value rows are Q8_0 in the file
     assert isinstance(weight, GGUFParameter) and weight.quant_type.name == "Q8_0"
     near = _animate(gguf)
@@ -343,3 +343,150 @@ def test_the_video_stage_takes_the_comfyui_transformer_and_keys_scenes_by_it(pac
     shutil.copy(comfy_wan["gguf"], c.models / "diffusion_models")
     pack.update("models", {**pack.pack.models, "wan-i2v": str(tiny_models["wan-i2v"])}, replace=True)
     assert VideoStage(job, [scene]).files is None  # a folder chosen by hand is used whole
+
+
+# --- Wan 2.1 from ComfyUI's files alone: no diffusers folder, no Hugging Face cache ----------------
+@pytest.fixture(scope="module")
+def comfy_wan_alone(tmp_path_factory) -> dict[str, Path]:
+    from comfy_single_files import build_comfyui_wan_alone
+
+    return build_comfyui_wan_alone(tmp_path_factory.mktemp("comfy-wan-alone"))
+
+
+def test_wan_from_comfyui_files_alone_animates_exactly_what_its_diffusers_folder_does(comfy_wan_alone, tmp_path):
+    """Every config derived from the files' shapes, the tokenizer from the UMT5 file's own SentencePiece
+    model, the published scheduler and image processor: the same frames as the same weights in
+    diffusers layout (whose rope table is shorter: the derived 1024-long one changes nothing)."""
+    import sentencepiece as spm
+    from diffusers import WanImageToVideoPipeline
+
+    from persona.comfy_files import wan_files_alone
+    from persona.inference.memory import load_pipeline
+    from persona.inference.plan import Memory
+    from persona.inference.single_file import load_wan_single_files
+
+    c = _copy_tree(comfy_wan_alone, tmp_path)
+    files = wan_files_alone("wan-i2v", c)
+    assert files.folder is None and {k: p.name for k, p in files.parts.items()} == {
+        "transformer": "wan2.1_i2v_480p_14B_fp16.safetensors", "text_encoder": "umt5_xxl_fp16.safetensors",
+        "image_encoder": "clip_vision_h.safetensors", "vae": "wan_2.1_vae.safetensors"}
+    pipe = load_wan_single_files(files, Memory())
+    reference = load_pipeline(WanImageToVideoPipeline, comfy_wan_alone["reference"], Memory())
+    np.testing.assert_array_equal(_animate(pipe), _animate(reference))
+    assert pipe.scheduler.config.flow_shift == 3.0 and pipe.transformer.config.rope_max_seq_len == 1024
+    text = "The presenter waves, then points at the whiteboard: 42 ideas."
+    comfyui_ids = spm.SentencePieceProcessor(model_file=str(comfy_wan_alone["spiece"]), add_eos=True).encode(text)
+    assert pipe.tokenizer(text).input_ids == comfyui_ids  # ComfyUI tokenizes with the same model, the same way
+
+    shutil.copy(comfy_wan_alone["flf2v"], c.models / "diffusion_models")
+    flf = wan_files_alone("wan-flf2v", c)
+    assert flf.first_last and flf.parts["transformer"].name.startswith("wan2.1_flf2v")
+    assert flf.parts["vae"] == files.parts["vae"]
+    flf_pipe = load_wan_single_files(flf, Memory())
+    assert flf_pipe.scheduler.config.flow_shift == 16.0 and flf_pipe.transformer.config.pos_embed_seq_len == 2 * 65
+    import torch
+    from safetensors.torch import load_file
+
+    # diffusers' converter leaves FLF2V's image position embedding out; it is loaded all the same
+    emb_pos = load_file(str(comfy_wan_alone["flf2v"]))["model.diffusion_model.img_emb.emb_pos"]
+    assert torch.equal(flf_pipe.transformer.condition_embedder.image_embedder.pos_embed, emb_pos)
+
+
+def test_wan_files_alone_name_the_missing_or_unfit_part(comfy_wan_alone, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from persona.comfy_files import wan_files_alone
+
+    c = _copy_tree(comfy_wan_alone, tmp_path)
+    umt5 = c.models / "text_encoders/umt5_xxl_fp16.safetensors"
+    save_file({k: v for k, v in load_file(str(umt5)).items() if k != "spiece_model"}, str(umt5))
+    with pytest.raises(PersonaError) as e:
+        wan_files_alone("wan-i2v", c)
+    assert "no UMT5-XXL text encoder that fits the transformer and holds its tokenizer (spiece_model)" in str(e.value)
+
+    c = _copy_tree(comfy_wan_alone, tmp_path / "b")
+    vae = c.models / "vae/wan_2.1_vae.safetensors"
+    save_file({k: v for k, v in load_file(str(vae)).items() if not k.startswith("decoder.upsamples.14.")}, str(vae))
+    (c.models / "vae/wan_2.2_vae.safetensors").write_bytes(b"\x10\x00")  # a partial download
+    with pytest.raises(PersonaError) as e:
+        wan_files_alone("wan-i2v", c)
+    line = str(e.value)
+    assert "\n" not in line and "no Wan 2.1 VAE that fits the transformer (Wan 2.1's layout) in vae/" in line
+    assert "wan_2.2_vae.safetensors (unreadable)" in line and "put wan_2.1_vae.safetensors in" in line
+    assert torch  # imported for the state dicts' tensors
+
+
+def test_the_video_stage_runs_wan_from_the_comfyui_folder_alone(pack, comfy_wan_alone, tmp_path, own_config,
+                                                                monkeypatch, capsys):
+    """No Wan folder anywhere: the stage takes all of Wan from [models] comfyui, keys scenes by every
+    file, falls back from first-last to restart without an FLF2V file, and animates a chunk."""
+    import huggingface_hub.constants as hf
+
+    from persona.files import mark_fresh
+    from persona.inference.plan import RenderDir, Scene, SceneDir
+    from persona.inference.render import load_settings
+    from persona.inference.stage import RenderJob
+    from persona.inference.video import VideoStage
+
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    pack.update("models", {k: v for k, v in pack.pack.models.items() if not k.startswith("wan")}, replace=True)
+    settings = load_settings("demo", {"video": {"anchor": "first-last", "steps": 2, "chunk_frames": 5}})
+    scene = SceneDir(0, Scene(narration="Hi.", image_prompt="the presenter", motion_prompt="waves", on_camera=True),
+                     tmp_path / "scenes/01")
+    scene.folder.mkdir(parents=True)
+    from PIL import Image
+
+    Image.fromarray(np.full((32, 32, 3), (200, 120, 40), np.uint8)).save(scene.path("keyframe.png"))
+    mark_fresh(scene.path("keyframe.png"), "k")
+    mark_fresh(scene.path("narration.wav"), "n", frames=5)
+    job = RenderJob(pack, settings, RenderDir(tmp_path, [scene]))
+    with pytest.raises(PersonaError, match="wan-flf2v"):
+        VideoStage(job, [scene])  # nothing anywhere: the fetch command, as before
+
+    c = _copy_tree(comfy_wan_alone, tmp_path)
+    own_config(models={"comfyui": c.models})
+    capsys.readouterr()
+    stage = VideoStage(job, [scene])
+    assert stage.anchor == "restart" and "first-last anchoring needs the Wan FLF2V" in capsys.readouterr().err
+    assert stage.path is None and stage.files.folder is None and set(stage.files.parts) == {
+        "transformer", "text_encoder", "image_encoder", "vae"}
+    assert stage.summary(job)["single_files"]["vae"] == str(c.models / "vae/wan_2.1_vae.safetensors")
+    key = stage.key(job, scene)
+
+    shutil.copy(comfy_wan_alone["flf2v"], c.models / "diffusion_models")
+    first_last = VideoStage(job, [scene])
+    assert first_last.anchor == "first-last" and first_last.model == "wan-flf2v" and first_last.key(job, scene) != key
+    from persona.inference.memory import Lazy
+
+    model = Lazy(lambda: first_last.load(job), first_last.model_id, {})
+    frames = first_last.make(job, scene, model, lambda n=1: None)["frames"]
+    from persona.media import read_frames
+
+    clip, _ = read_frames(scene.path("video.mp4"))
+    assert frames == 5 and clip.shape[0] == 5
+
+
+def test_doctor_lists_the_wan_files_of_the_comfyui_folder_or_what_they_lack(comfy_wan_alone, tmp_path, own_config,
+                                                                            monkeypatch):
+    import huggingface_hub.constants as hf
+
+    from persona import doctor
+
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    c = _copy_tree(comfy_wan_alone, tmp_path)
+    own_config(models={"comfyui": c.models})
+    report = doctor.diagnose()
+    i2v, folder = (next(m for m in report["models"] if m["key"] == k) for k in ("wan-i2v", "comfyui"))
+    files = "wan2.1_i2v_480p_14B_fp16.safetensors, umt5_xxl_fp16.safetensors, clip_vision_h.safetensors, " \
+            "wan_2.1_vae.safetensors"
+    assert i2v["single_files"] == {"found": True, "files": files}
+    assert f"Wan image-to-video: {files}" in folder["path"]
+    assert "single_files" not in next(m for m in report["models"] if m["key"] == "wan-flf2v")  # no FLF2V file: not said
+    video = next(c for c in report["verdict"]["can"] + report["verdict"]["cannot"] if c.startswith("render: video"))
+    assert "wan-i2v" not in video  # not missing: the ComfyUI folder has it
+
+    (c.models / "vae/wan_2.1_vae.safetensors").unlink()
+    i2v = next(m for m in doctor.diagnose()["models"] if m["key"] == "wan-i2v")
+    assert not i2v["found"] and not i2v["single_files"]["found"]
+    assert any(p.startswith("[models] comfyui:") and "no Wan 2.1 VAE that fits the transformer" in p for p in i2v["problems"])
