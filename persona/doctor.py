@@ -108,7 +108,9 @@ def diagnose(workspace: Any | None = None, comfyui: list[dict[str, Any]] | None 
     for key, files in _comfy_single_files(models_table).items():  # the ComfyUI folder's files, per model
         entry = next(m for m in models if m["key"] == key)
         entry["single_files"] = files
-        if files["found"]:
+        if files["found"] and not entry["found"] and key in WHOLE_FROM_COMFY:
+            entry.update(found=True, path=f"{files['folder']}: {files['files']}", source="[models] comfyui", fetch=None)
+        elif files["found"]:
             found_in_comfy.append(f"{COMFY_USES[key]}: {files['files']}")
         elif not entry["found"]:
             entry["problems"] = [*entry["problems"], f"[models] comfyui: {files['problem']}"]
@@ -123,13 +125,14 @@ def diagnose(workspace: Any | None = None, comfyui: list[dict[str, Any]] | None 
 
 
 COMFY_USES = {"flux": "FLUX for keyframes", "wan-i2v": "Wan image-to-video", "wan-flf2v": "Wan first-last-frame"}
+# models whose every stage runs from the ComfyUI folder's files: shown as found, from there
+WHOLE_FROM_COMFY = {"wan-i2v", "wan-flf2v"}
 
 
 def _comfy_single_files(models_table: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Per model (flux, wan-i2v, wan-flf2v), its single files in the configured ComfyUI models folder or
-    why they are not usable. Empty without a folder; a Wan checkpoint whose transformer is not there
-    is left out (most folders hold one of the two)."""
-    from persona.comfy_files import WAN_PARTS, comfy_models, flux_files, wan_files_alone
+    why they are not usable (the file missing and where it goes). Empty without a folder."""
+    from persona.comfy_files import comfy_models, flux_files, wan_files_alone
     from persona.errors import PersonaError
 
     try:
@@ -140,16 +143,12 @@ def _comfy_single_files(models_table: dict[str, str]) -> dict[str, dict[str, Any
         return {}
     out: dict[str, dict[str, Any]] = {}
     try:
-        out["flux"] = {"found": True, "files": flux_files(comfy).describe()}
+        out["flux"] = {"found": True, "files": flux_files(comfy).describe(), "folder": str(comfy.models)}
     except PersonaError as e:
         out["flux"] = {"found": False, "problem": str(e)}
     for key in ("wan-i2v", "wan-flf2v"):
         try:
-            comfy.pick(WAN_PARTS[key])
-        except PersonaError:
-            continue
-        try:
-            out[key] = {"found": True, "files": wan_files_alone(key, comfy).describe()}
+            out[key] = {"found": True, "files": wan_files_alone(key, comfy).describe(), "folder": str(comfy.models)}
         except PersonaError as e:
             out[key] = {"found": False, "problem": str(e)}
     return out

@@ -234,13 +234,13 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             "comfyui",
-            "a ComfyUI models folder: diffusers loads FLUX's single files (safetensors or GGUF) from it",
-            ("render: keyframes",),
+            "a ComfyUI models folder: diffusers loads FLUX's and Wan 2.1's single files (safetensors or GGUF) from it",
+            ("render: keyframes", "render: video"),
             "those of the files in it",
             kind="folder",
             url="/path/to/ComfyUI/models",
-            note="optional: FLUX from diffusion_models/, vae/ and text_encoders/ instead of a second copy in "
-                 "diffusers layout (persona.comfy_files)",
+            note="optional: FLUX and Wan from diffusion_models/, vae/, text_encoders/ and clip_vision/ instead of "
+                 "a second copy in diffusers layout (persona.comfy_files)",
         ),
         ModelSpec(
             "sd-scripts",

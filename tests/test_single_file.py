@@ -154,7 +154,7 @@ def test_doctor_finds_flux_in_the_comfyui_folder_and_says_which_engine_draws_key
     report = doctor.diagnose(None, [{"url": "http://127.0.0.1:9", "reachable": False, "error": "unreachable"}])
     flux, folder = (next(m for m in report["models"] if m["key"] == k) for k in ("flux", "comfyui"))
     files = "flux1-dev.safetensors, ae.safetensors, clip_l.safetensors, t5xxl_fp16.safetensors"
-    assert flux["single_files"] == {"found": True, "files": files} and folder["found"]
+    assert flux["single_files"] == {"found": True, "files": files, "folder": str(comfy["models"])} and folder["found"]
     assert folder["path"] == f"{comfy['models']} (FLUX for keyframes: {files})"
     assert not flux["found"]  # train-lora still needs the diffusers folder
     lines = report["verdict"]["can"] + report["verdict"]["cannot"]
@@ -480,9 +480,11 @@ def test_doctor_lists_the_wan_files_of_the_comfyui_folder_or_what_they_lack(comf
     i2v, folder = (next(m for m in report["models"] if m["key"] == k) for k in ("wan-i2v", "comfyui"))
     files = "wan2.1_i2v_480p_14B_fp16.safetensors, umt5_xxl_fp16.safetensors, clip_vision_h.safetensors, " \
             "wan_2.1_vae.safetensors"
-    assert i2v["single_files"] == {"found": True, "files": files}
-    assert f"Wan image-to-video: {files}" in folder["path"]
-    assert "single_files" not in next(m for m in report["models"] if m["key"] == "wan-flf2v")  # no FLF2V file: not said
+    assert i2v["single_files"] == {"found": True, "files": files, "folder": str(c.models)}
+    assert i2v["found"] and i2v["path"] == f"{c.models}: {files}" and i2v["source"] == "[models] comfyui"
+    assert folder["path"] == str(c.models)  # FLUX is not there: nothing more to say beside it
+    flf = next(m for m in report["models"] if m["key"] == "wan-flf2v")
+    assert not flf["found"] and "no Wan 2.1 first-last-frame transformer in diffusion_models/ or unet/" in flf["problems"][0]
     video = next(c for c in report["verdict"]["can"] + report["verdict"]["cannot"] if c.startswith("render: video"))
     assert "wan-i2v" not in video  # not missing: the ComfyUI folder has it
 
