@@ -28,7 +28,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from persona.data import captions as cap
-from persona.data import crops, frames, scan, select
+from persona.data import crops, frames, review, scan, select
 from persona import faces as fx
 from persona import likeness
 from persona.errors import PersonaError
@@ -171,16 +171,19 @@ def _ingest(ws: Workspace, videos: list[Path], images: list[Path], settings: Ima
     analyses = [s.analysis for s in usable]
     found, rejected = select.candidates(analyses, identity, settings, match)
     distinct, rejected[select.DUPLICATE] = select.dedupe(found, settings.dedupe_bits)
+    root = ws.path(DATASET)
+    by_hand = read_json(root / review.DROPPED, [])
+    distinct, rejected[review.REASON] = select.leave_out(distinct, [e["phash"] for e in by_hand if e.get("phash")],
+                                                         settings.dedupe_bits)
     ordered = select.order_by_variety(distinct)
 
-    root = ws.path(DATASET)
     key = hash_json({"sources": [s.key for s in usable], "references": [hash_file(p) for p in faces if p.exists()],
                      "settings": settings.selection_key(), "v": SELECTION_VERSION})
     reused = is_fresh(root / "manifest.json", key)
     if not reused:
         if not ordered:
             raise _nothing_usable(rejected)
-        _build(ws, root, usable, identity, ordered, rejected, settings, backend, match, key)
+        _build(ws, root, usable, identity, ordered, rejected, settings, backend, match, key, by_hand)
     manifest = read_json_strict(root / "manifest.json", fix=f"delete {root} and run the same ingest again "
                                                             "(the scan cache makes it quick)")
     if not isinstance(manifest, list) or not all(isinstance(e, dict) and "file" in e for e in manifest):
@@ -301,10 +304,11 @@ def _nothing_usable(rejected: Counter) -> PersonaError:
 
 
 def _build(ws: Workspace, root: Path, usable: list[scan.Source], identity: select.Identity, ordered: list[select.Candidate],
-           rejected: Counter, settings: ImageSettings, backend: fx.FaceBackend, match: float, key: str) -> None:
+           rejected: Counter, settings: ImageSettings, backend: fx.FaceBackend, match: float, key: str,
+           by_hand: list[dict[str, Any]]) -> None:
     """Extract, verify, crop and write the dataset into a staging folder, then swap it in."""
     with staged_dir(root) as staging:
-        manifest = _write(ws, root, staging, usable, identity, ordered, rejected, settings, backend, match)
+        manifest = _write(ws, root, staging, usable, identity, ordered, rejected, settings, backend, match, by_hand)
     crops.contact_sheet([root / e["file"] for e in manifest], [f"{e['file'][:4]} {e['framing']}" for e in manifest],
                         ws.path(REVIEW) / "contact_sheet.png")
     mark_fresh(root / "manifest.json", key)
@@ -312,14 +316,14 @@ def _build(ws: Workspace, root: Path, usable: list[scan.Source], identity: selec
 
 def _write(ws: Workspace, root: Path, staging: Path, usable: list[scan.Source], identity: select.Identity,
            ordered: list[select.Candidate], rejected: Counter, settings: ImageSettings, backend: fx.FaceBackend,
-           match: float) -> list[dict[str, Any]]:
+           match: float, by_hand: list[dict[str, Any]]) -> list[dict[str, Any]]:
     chosen, examined = _extract(usable, ordered, settings, identity, backend, match, rejected)
     if not chosen:
         raise _nothing_usable(rejected)
     rejected[select.SURPLUS] = len(ordered) - examined
     framings = crops.assign_framings([c.options for c, _, _ in chosen], settings.framing)
     chosen_sorted = sorted(zip(chosen, framings), key=lambda x: (x[0][0].file, x[0][0].face["t"] or 0.0))
-    manifest = []
+    manifest, embeddings = [], {}
     for n, ((c, (piece, offset), exact), framing) in enumerate(track(chosen_sorted, "writing crops"), start=1):
         p = c.options[framing]
         local = crops.CropPlan(p.framing, (p.box[0] - offset[0], p.box[1] - offset[1], p.box[2] - offset[0],
@@ -327,10 +331,13 @@ def _write(ws: Workspace, root: Path, staging: Path, usable: list[scan.Source], 
         name = f"{n:04d}.png"
         crops.render(piece, local).save(staging / name, format="PNG", compress_level=3)
         manifest.append(_entry(name, usable[c.file], c, p, exact, ws.token))
+        embeddings[name] = exact["embedding"]
     write_json(staging / "manifest.json", manifest)
     # The face the likeness checks compare against (persona.likeness), from the kept frames' exact embeddings.
-    likeness.write_reference_face(staging / "reference_face.json", [e["embedding"] for _, _, e in chosen],
-                                  settings.face_backend)
+    likeness.write_reference_face(staging / "reference_face.json", list(embeddings.values()), settings.face_backend,
+                                  list(embeddings))
+    if by_hand:  # what was dropped by hand stays dropped (persona.data.review)
+        write_json(staging / review.DROPPED, by_hand)
     _trainer_files(staging, manifest, root)
     _write_report(staging, usable, identity, rejected, settings, ordered, manifest)
     presence = {str(s.path): select.presence(s.analysis, i, identity)

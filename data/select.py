@@ -27,10 +27,11 @@ PROFILE = "strong profile"
 CROWD = "another face prominent"
 NO_FRAMING = "frame too small for any framing at the output size"
 DUPLICATE = "near-duplicate"
+BY_HAND = "dropped by hand"  # persona.data.review
 SURPLUS = "not needed (enough variety already)"
 MISMATCH = "failed the identity check on the exactly decoded frame"
 UNREADABLE = "could not be decoded again"
-REASONS = [NO_FACE, OTHER, AMBIGUOUS, SMALL, EDGE, BLUR, EXPOSURE, EYES, PROFILE, CROWD, NO_FRAMING, DUPLICATE,
+REASONS = [NO_FACE, OTHER, AMBIGUOUS, SMALL, EDGE, BLUR, EXPOSURE, EYES, PROFILE, CROWD, NO_FRAMING, DUPLICATE, BY_HAND,
            SURPLUS, MISMATCH, UNREADABLE]
 
 CLUSTER_CAP = 4000  # embeddings clustered directly; beyond this a spread subset is, the rest join the nearest
@@ -194,6 +195,15 @@ def _features(cands: list[Candidate]) -> np.ndarray:
     f[:, 1] -= np.median(f[:, 1])
     f[:, 4] -= np.median(f[:, 4])
     return f / np.array([0.2, 0.08, 8.0, 0.12, 0.1, 0.35])
+
+
+def leave_out(cands: list[Candidate], hashes: list[str], max_bits: int) -> tuple[list[Candidate], int]:
+    """Leave out the candidates within `max_bits` of any of `hashes` (frames dropped by hand: the same
+    moment, by dedupe's own measure)."""
+    if not hashes:
+        return cands, 0
+    kept = [c for c in cands if hamming(c.face["phash"], hashes).min() > max_bits]
+    return kept, len(cands) - len(kept)
 
 
 def order_by_variety(cands: list[Candidate]) -> list[Candidate]:

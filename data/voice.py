@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from persona.data import clips as cliplib
-from persona.data import diarize, quality, vad
+from persona.data import diarize, quality, review, vad
 from persona.data import voice_dataset as vd
 from persona.speakers import SpeakerEncoder, encoder_for, unit
 from persona.errors import PersonaError
@@ -414,8 +414,10 @@ def ingest_voice(ws: Workspace, sources: list[Path], settings: VoiceIngestSettin
     if target["method"] == "enrollment":
         target["presence"] = _check_presence(ws, analysed, settings, encoder)
 
+    by_hand = read_json(out / review.DROPPED, [])
     with staged_dir(out) as stage:
         cands = _cut_clips(analysed, stage, settings, held, problems)
+        _leave_out(cands, by_hand)
         transcription = _transcribe(ws, cands, cache, settings)
         kept = [c for c in cands if not c.reasons]
         if not kept:
@@ -427,10 +429,21 @@ def ingest_voice(ws: Workspace, sources: list[Path], settings: VoiceIngestSettin
         write_json(stage / "report.json", report)
         # The voice the likeness checks compare against (persona.likeness): every kept clip weighs the same.
         likeness.write_reference_voice(stage / "reference_voice.json", [c.wav for c in kept], encoder)
+        if by_hand:  # what was dropped by hand stays dropped (persona.data.review)
+            write_json(stage / review.DROPPED, by_hand)
         shutil.rmtree(stage / "candidates", ignore_errors=True)
     ws.update("datasets", {"voice": DATASET})
     vd.tell(report, transcription, out)
     return vd.summary(report, out, ws)
+
+
+def _leave_out(cands: list[Candidate], by_hand: list[dict[str, Any]]) -> None:
+    """Reject the clips that overlap a clip dropped by hand (the same stretch of the same recording)."""
+    spans = [(e.get("source"), e.get("start"), e.get("end")) for e in by_hand]
+    for c in cands:
+        if any(src == str(c.source.path) and a is not None and b is not None and c.clip.start < b and a < c.clip.end
+               for src, a, b in spans):
+            c.reasons.append({"reason": "dropped_by_hand", "detail": f"overlaps a clip {review.REASON}"})
 
 
 def _analyse_all(sources: list[Path], cache: Path, settings: VoiceIngestSettings, encoder: SpeakerEncoder,

@@ -43,10 +43,16 @@ def reference_face(embeddings: np.ndarray | list, keep: float = 0.8) -> np.ndarr
     return emb[nearest].mean(0)
 
 
-def write_reference_face(path: str | Path, embeddings: np.ndarray | list, backend: str = "dlib") -> Path:
+def write_reference_face(path: str | Path, embeddings: np.ndarray | list, backend: str = "dlib",
+                         files: list[str] | None = None) -> Path:
+    """The reference face; with `files` (the dataset images the embeddings are of), each image's own
+    embedding too, so that a dropped image leaves the reference (persona.data.review)."""
     emb = np.atleast_2d(np.asarray(embeddings, np.float32))
-    return write_json(path, {"backend": backend, "faces": len(emb), "match_distance": fx.backend(backend).match_distance,
-                             "embedding": [round(float(v), 6) for v in reference_face(emb)]})
+    record = {"backend": backend, "faces": len(emb), "match_distance": fx.backend(backend).match_distance,
+              "embedding": [round(float(v), 6) for v in reference_face(emb)]}
+    if files is not None:
+        record["files"] = {f: [round(float(v), 6) for v in e] for f, e in zip(files, emb, strict=True)}
+    return write_json(path, record)
 
 
 def _to_16k(wav: np.ndarray, sr: int) -> np.ndarray:

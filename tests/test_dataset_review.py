@@ -133,3 +133,90 @@ def test_stop_is_ctrl_c_and_the_job_says_so(make_workspace):
     final = _wait(ws.root, job["id"], timeout=60)
     assert final["state"] == "stopped" and final["rc"] == jobs.INTERRUPTED, final
     assert final["message"] == "demo stopped: finished work is kept; start it again to resume"
+
+
+# --- drops outlast a new selection; the likeness references leave them out ---------------------
+def test_dropped_images_stay_out_of_a_new_selection_and_can_come_back(demo_footage, make_workspace):
+    from pathlib import Path
+
+    from persona.data.images import ImageSettings, ingest_images
+    from persona.faces import hamming
+
+    ws = make_workspace("Demo Astronaut", models=False)
+    videos = [Path(demo_footage["files"]["lecture"]), Path(demo_footage["files"]["interview"])]
+    settings = dict(min_face=96, sample_every=0.5, max_upscale=4.0)
+    ingest_images(ws, videos, [], ImageSettings(count=4, **settings))
+    root = ws.path("datasets/images")
+    before = read_json(root / "manifest.json")
+    face = read_json(root / "reference_face.json")
+    assert set(face["files"]) == {e["file"] for e in before} and face["faces"] == len(before)
+    gone = before[0]
+    drop(ws, f"datasets/images/{gone['file']}")
+    face = read_json(root / "reference_face.json")
+    assert gone["file"] not in face["files"] and face["faces"] == len(before) - 1
+
+    # another selection (a larger count): the dropped moment is left out, the drop is still on record
+    summary = ingest_images(ws, videos, [], ImageSettings(count=5, **settings))
+    assert not summary["reused_selection"] and summary["rejected"]["dropped by hand"] >= 1
+    after = read_json(root / "manifest.json")
+    assert all(hamming(e["phash"], [gone["phash"]])[0] > ImageSettings().dedupe_bits for e in after)
+    [record] = listing(ws, "images")["dropped"]
+    assert record["phash"] == gone["phash"] and record["path"] == f"datasets/images-review/dropped/{gone['file']}"
+
+    back = keep(ws, record["path"])  # the path `persona dataset list` shows
+    kept = read_json(root / "manifest.json")
+    assert back["file"] in {f"datasets/images/{e['file']}" for e in kept}
+    entry = next(e for e in kept if f"datasets/images/{e['file']}" == back["file"])
+    assert entry["phash"] == gone["phash"] and (ws.root / back["file"]).with_suffix(".txt").exists()
+    assert Path(back["file"]).name in read_json(root / "reference_face.json")["files"]
+    assert len(read_examples(root, ws.token)[0]) == len(kept)
+
+
+def test_two_drops_of_one_name_keep_their_files_apart(datasets):
+    """A new selection numbers its images from 0001 again: a dropped 0002.png and the new 0002.png, both
+    dropped, are two files in the review folder, and each comes back under a free name."""
+    ws = datasets
+    root = ws.path("datasets/images")
+    old = (root / "0002.png").read_bytes()
+    drop(ws, "images/0002.png")
+    Image.fromarray(np.full((64, 64, 3), 7, np.uint8)).save(root / "0002.png")  # as a new selection writes it
+    (root / "0002.txt").write_text(f"{ws.token}, a new picture\n")
+    write_json(root / "manifest.json", [*read_json(root / "manifest.json"),
+                                        {"file": "0002.png", "caption": f"{ws.token}, a new picture", "size": [64, 64],
+                                         "framing": "close-up"}])
+    new = (root / "0002.png").read_bytes()
+    drop(ws, "images/0002.png")
+    paths = [d["path"] for d in listing(ws, "images")["dropped"]]
+    assert len(set(paths)) == 2 and [(ws.root / p).read_bytes() for p in paths] == [old, new]
+    back = [keep(ws, p)["file"] for p in paths]
+    assert back == ["datasets/images/0002.png", "datasets/images/0004.png"]
+    assert [(ws.root / b).read_bytes() for b in back] == [old, new]
+    assert (ws.root / back[1]).with_suffix(".txt").read_text().strip() == f"{ws.token}, a new picture"
+    assert not listing(ws, "images")["dropped"] and len(read_examples(root, ws.token)[0]) == 4
+
+
+def test_a_dropped_voice_clip_stays_out_of_the_next_ingest(make_workspace, tmp_path):
+    from test_ingest_voice import montage
+
+    from persona.data.voice import VoiceIngestSettings, ingest_voice
+
+    src, _ = montage(tmp_path, "talk.wav", ["town", "en", "town", "main"])
+    ws = make_workspace(models=False)
+    ingest_voice(ws, [src], VoiceIngestSettings())
+    root = ws.path("datasets/voice")
+    first = read_json(root / "manifest.json")
+    assert len(first) >= 2 and read_json(root / "reference_voice.json")["clips"] == len(first)
+    gone = first[0]
+    drop(ws, f"datasets/voice/{gone['file']}")
+    assert read_json(root / "reference_voice.json")["clips"] == len(first) - 1
+
+    ingest_voice(ws, [src], VoiceIngestSettings())  # a voice ingest writes the dataset anew
+    again = read_json(root / "manifest.json")
+    assert again and all(e["end"] <= gone["start"] or gone["end"] <= e["start"] for e in again)
+    assert read_json(root / "reference_voice.json")["clips"] == len(again)
+    report = read_json(root / "report.json")
+    assert any(r["reason"] == "dropped_by_hand" for c in report["rejected"] for r in c["reasons"])
+    [record] = listing(ws, "voice")["dropped"]
+    back = keep(ws, record["path"])
+    assert len(read_json(root / "manifest.json")) == len(again) + 1 and (ws.root / back["file"]).exists()
+    assert read_json(root / "reference_voice.json")["clips"] == len(again) + 1
