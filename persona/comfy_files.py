@@ -378,7 +378,7 @@ def wan_files_alone(key: str, comfy: ComfyModels) -> WanFiles:
                                    "that fits the transformer and holds its tokenizer (spiece_model)"),
         "image_encoder": comfy.pick(WAN_PARTS["image_encoder"],
                                     lambda s: s["vision_model.embeddings.patch_embedding.weight"][0] == image),
-        "vae": comfy.pick(WAN_PARTS["vae"], lambda s: s["conv2.weight"][0] == channels and wan_vae_layout_fits(s),
+        "vae": comfy.pick(WAN_PARTS["vae"], lambda s: s.get("conv2.weight", (0,))[0] == channels and wan_vae_layout_fits(s),
                           "that fits the transformer (Wan 2.1's layout)"),
     }, first_last=key == "wan-flf2v")
 
