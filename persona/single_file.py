@@ -185,8 +185,16 @@ def load_flux_transformer(file: Path, folder: Path, dtype: Any, quantization_con
     converted = convert_flux_transformer_checkpoint_to_diffusers(checkpoint)
     converted.update(split)
     config = _config_dir(folder, "transformer", flux_transformer_config(shapes))
+    device = None
+    if quantization_config is not None and not gguf:
+        from diffusers.quantizers import DiffusersAutoQuantizer
+
+        # from_pretrained creates quantised weights where the quantizer places them (bitsandbytes: on
+        # the current GPU); from_single_file does not ask it, so the same place is passed here
+        placed = DiffusersAutoQuantizer.from_config(quantization_config).update_device_map(None)
+        device = placed.get("") if placed else None
     return FluxTransformer2DModel.from_single_file(
-        converted, config=str(config), local_files_only=True, dtype=dtype,
+        converted, config=str(config), local_files_only=True, dtype=dtype, device=device,
         quantization_config=GGUFQuantizationConfig(compute_dtype=dtype) if gguf else quantization_config)
 
 

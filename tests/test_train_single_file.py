@@ -35,18 +35,20 @@ def _trained(ws, **overrides) -> tuple[dict, dict[str, torch.Tensor], list[float
     return summary, load_file(summary["lora"]), read_json(record_path(summary["lora"]))["losses"], meta
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp8"])
 def test_training_on_comfyui_files_equals_training_on_the_same_weights_as_a_diffusers_folder(lora_ws, comfy,
-                                                                                              own_config):
+                                                                                              own_config, precision):
     """The same seed, data and weights give the same losses, LoRA tensors and sample grid, to the bit:
     the single files are converted losslessly (the T5 file is fp16, and so are the reference's values),
-    the LoRA is seeded right before it is added, and every cache is keyed by its source's files."""
+    the LoRA is seeded right before it is added, and every cache is keyed by its source's files. With
+    the 24 GB recipe's fp8 storage (layerwise casting) too: the memory settings apply alike."""
     lora_ws.update("models", {**lora_ws.pack.models, "flux": str(comfy["reference"])}, replace=True)
-    folder, folder_lora, folder_losses, folder_meta = _trained(lora_ws)
+    folder, folder_lora, folder_losses, folder_meta = _trained(lora_ws, base_precision=precision)
     assert folder_meta["persona.base_model"] == str(comfy["reference"])
 
     _no_flux(lora_ws)
     own_config(models={"comfyui": comfy["models"]})
-    single, single_lora, single_losses, single_meta = _trained(lora_ws)
+    single, single_lora, single_losses, single_meta = _trained(lora_ws, base_precision=precision)
     assert single_meta["persona.base_model"] == "flux1-dev.safetensors" and single["base"] == "flux1-dev.safetensors"
     assert single["run_dir"] != folder["run_dir"]  # another base, another run (and caches keyed by the files)
     assert len(single_losses) == 3 and single_losses == folder_losses
@@ -61,7 +63,7 @@ def test_training_on_comfyui_files_equals_training_on_the_same_weights_as_a_diff
     from persona.workspace import Workspace
 
     assert Workspace(lora_ws.root).pack.lora.base == "flux1-dev.safetensors"
-    again = train_lora(lora_ws, tiny(**SETTINGS))
+    again = train_lora(lora_ws, tiny(**SETTINGS, base_precision=precision))
     assert again["skipped"]  # the same files: up to date
 
 
