@@ -212,11 +212,14 @@ def flux_components(files: FluxFiles, dtype: Any, only: Collection[str] = FLUX_C
 
     diffusers.utils.logging.disable_progress_bar()
     out: dict[str, Any] = {}
-    clip_shapes = tensor_shapes(files.clip_l)
-    # ComfyUI's tokenizer config says 8192; CLIP reads as many tokens as it has positions (77)
-    tokenizer = CLIPTokenizer.from_pretrained(
-        str(files.clip_tokenizer), model_max_length=clip_shapes["text_model.embeddings.position_embedding.weight"][0])
-    tokenizer_2 = T5TokenizerFast.from_pretrained(str(files.t5_tokenizer))
+    tokenizer = tokenizer_2 = None  # read only for the text parts (training draws samples with the VAE alone)
+    if {"text_encoder", "tokenizer"} & set(only):
+        clip_shapes = tensor_shapes(files.clip_l)
+        # ComfyUI's tokenizer config says 8192; CLIP reads as many tokens as it has positions (77)
+        tokenizer = CLIPTokenizer.from_pretrained(
+            str(files.clip_tokenizer), model_max_length=clip_shapes["text_model.embeddings.position_embedding.weight"][0])
+    if {"text_encoder_2", "tokenizer_2"} & set(only):
+        tokenizer_2 = T5TokenizerFast.from_pretrained(str(files.t5_tokenizer))
     with tempfile.TemporaryDirectory(prefix="persona-flux-config-") as tmp:
         root = Path(tmp)
         if "transformer" in only:

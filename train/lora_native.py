@@ -436,7 +436,7 @@ class Sampler:
         self.base, self.s, self.cache, self.rows, self.acc = base, s, cache, rows, acc
         self.folder, self.dtype = folder, dtype
         self.keys = [data.text_key(r, text_id, s.max_text_tokens) for r in rows]
-        self._vae = None
+        self._vae = self._scheduler = None
 
     def grid(self, model, step: int) -> str:
         from PIL import Image
@@ -461,9 +461,9 @@ class Sampler:
         if self._vae is None:
             self._vae = self.base.load("vae", self.dtype)
             self._vae.to(self.acc.device).eval()
+            self._scheduler = self.base.load("scheduler")
         net = self.acc.unwrap_model(model)
-        scheduler = self.base.load("scheduler")
-        pipe = FluxPipeline(scheduler=scheduler, vae=self._vae, transformer=net, text_encoder=None, tokenizer=None,
+        pipe = FluxPipeline(scheduler=self._scheduler, vae=self._vae, transformer=net, text_encoder=None, tokenizer=None,
                             text_encoder_2=None, tokenizer_2=None)
         pipe.set_progress_bar_config(disable=True)
         size, images = self.s.sample_size, []
