@@ -177,8 +177,14 @@ def load_flux_transformer(file: Path, folder: Path, dtype: Any, quantization_con
     shapes = tensor_shapes(file)
     gguf = file.suffix.lower() == ".gguf"
     # load_single_file_checkpoint reads .safetensors with safetensors and .gguf with gguf-py (never pickle:
-    # comfy_files only offers those suffixes)
-    checkpoint = load_single_file_checkpoint(str(file), local_files_only=True)
+    # comfy_files only offers those suffixes); diffusers' converter would take a scaled fp8 file's
+    # float8 values without their scales, so those are multiplied out first
+    if is_scaled_fp8(shapes):
+        import torch
+
+        checkpoint = dequantized(file, dtype or torch.float32)
+    else:
+        checkpoint = load_single_file_checkpoint(str(file), local_files_only=True)
     for prefix in ("model.diffusion_model.", "diffusion_model."):
         checkpoint = {k.removeprefix(prefix): v for k, v in checkpoint.items()}
     split = _split_single_blocks(checkpoint)

@@ -160,3 +160,53 @@ def test_kohya_is_given_the_comfyui_files(lora_ws, comfy, tmp_path, own_config):
     shutil.copy(comfy["reference"] / "vae/diffusion_pytorch_model.safetensors", c.models / "vae/flux-vae.safetensors")
     with pytest.raises(PersonaError, match=r"BFL's ae.safetensors layout.*--backend native"):
         kohya.model_files(flux_base(lora_ws.pack.models).files, s, cache)
+
+
+def _scaled_fp8(sd: dict[str, torch.Tensor], matrices: str) -> dict[str, torch.Tensor]:
+    """ComfyUI's scaled fp8 layout: each matrix whose name contains `matrices` as float8 with its scale."""
+    out = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
+    for k, w in sd.items():
+        if w.ndim == 2 and matrices in k:
+            scale = w.float().abs().max() / 448
+            out[k], out[k.removesuffix(".weight") + ".scale_weight"] = (w.float() / scale).to(torch.float8_e4m3fn), scale
+        else:
+            out[k] = w
+    return out
+
+
+def test_a_scaled_fp8_transformer_is_multiplied_out_not_read_as_its_raw_fp8_values(comfy, tmp_path, own_config):
+    """e.g. Comfy-Org's flux1-krea-dev_fp8_scaled: diffusers' converter alone would keep the float8
+    values (up to 448) and drop the scales, with no error."""
+    c = _copy_tree(comfy, tmp_path)
+    original = c.models / "diffusion_models/flux1-dev.safetensors"
+    sd = load_file(str(original))
+    save_file(_scaled_fp8({f"model.diffusion_model.{k}": v for k, v in sd.items()}, "blocks"),
+              str(c.models / "diffusion_models/flux1-dev-fp8-scaled.safetensors"))
+    original.unlink()
+    own_config(models={"comfyui": c.models})
+    base = flux_base(None)
+    assert base.files.transformer.name == "flux1-dev-fp8-scaled.safetensors"
+    w8 = base.load("transformer", torch.float32).single_transformer_blocks[0].proj_out.weight
+    w = sd["single_blocks.0.linear2.weight"]
+    assert not torch.equal(w8, w) and ((w8 - w).abs() <= w.abs() / 16 + 1e-6).all()
+
+
+def test_a_kohya_run_on_comfyui_files_lands_in_the_pack(lora_ws, comfy, tmp_path, own_config):
+    from test_kohya import KOHYA_BUCKETS, STAND_IN
+
+    c = _copy_tree(comfy, tmp_path)
+    repo = tmp_path / "sd-scripts"
+    repo.mkdir()
+    (repo / "flux_train_network.py").write_text(STAND_IN)
+    _no_flux(lora_ws)
+    own_config(models={"comfyui": c.models, "sd-scripts": repo})
+    summary = train_lora(lora_ws, tiny(steps=3, **KOHYA_BUCKETS), backend="kohya")
+    args = {k: v for section in tomllib.loads(Path(summary["args_toml"]).read_text()).values() for k, v in section.items()}
+    assert args["pretrained_model_name_or_path"] == str(c.models / "diffusion_models/flux1-dev.safetensors")
+    with safe_open(summary["lora"], "pt") as f:
+        assert f.metadata()["persona.base_model"] == "flux1-dev.safetensors"
+
+    shutil.copy(comfy["gguf"], c.models / "diffusion_models")  # the GGUF gives way to the safetensors file
+    (c.models / "diffusion_models/flux1-dev.safetensors").unlink()
+    with pytest.raises(PersonaError, match=r"flux1-dev-Q8_0.gguf.*GGUF"):
+        train_lora(lora_ws, tiny(steps=3, **KOHYA_BUCKETS), backend="kohya", force=True)

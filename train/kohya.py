@@ -101,7 +101,10 @@ def comfy_model_files(files: FluxFiles, s: LoraSettings, cache: Path) -> dict[st
     - T5-XXL: Hugging Face names as ComfyUI's t5xxl_fp16 (or `kohya_t5xxl`); a scaled fp8 T5 or CLIP
       (t5xxl_fp8_e4m3fn_scaled) is multiplied out into an fp16 file in the cache, once."""
     from persona.single_file import is_scaled_fp8
+    from persona.train.flux_base import gguf_refusal
 
+    if files.transformer.suffix.lower() == ".gguf":
+        raise gguf_refusal(files.transformer, files.transformer.parent.parent)
     if is_scaled_fp8(tensor_shapes(files.transformer)):
         raise PersonaError("is a scaled fp8 FLUX transformer; sd-scripts would ignore its scales", file=files.transformer,
                            fix="put flux1-dev.safetensors (bf16, or plain fp8 e4m3fn) in diffusion_models/, "
