@@ -5,7 +5,8 @@ comfyui), else the Hugging Face cache.
 `FluxBase.load(part)` is the one place that turns either source into a model part; the single-file
 side is persona.single_file's (configs derived from the tensors, nothing downloaded), the same code
 the render's keyframes use. A GGUF transformer is refused: its weights are quantised blocks that
-diffusers only dequantises on the fly, so no LoRA can be trained on top of them here.
+diffusers dequantises on the fly for inference, and persona's trainer (like sd-scripts) does not
+train on them.
 """
 
 from __future__ import annotations
