@@ -3,6 +3,7 @@ checkpoint and sample-grid cost, peak GPU memory.
 
     python benchmarks/train_lora.py                      # tiny random FLUX.1 on CPU (plumbing cost)
     python benchmarks/train_lora.py --flux /models/FLUX.1-dev --recipe flux-dev-24gb --steps 50
+    python benchmarks/train_lora.py --comfyui ~/ComfyUI/models --recipe flux-dev-24gb --steps 50
 
 Prints one JSON object. The dataset is crops of scikit-image's astronaut portrait with captions.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def make_workspace(root: Path, flux: Path, images: int):
+def make_workspace(root: Path, flux: Path | None, images: int):
     from PIL import Image
     from skimage import data as sk
 
@@ -28,7 +29,8 @@ def make_workspace(root: Path, flux: Path, images: int):
 
     ws = Workspace.create(root / "ws", "Bench Person", consent=Consent(
         person="Bench Person", granted_by="benchmark", date=dt.date.today(), scope="benchmark"))
-    ws.update("models", {"flux": str(flux)})
+    if flux is not None:
+        ws.update("models", {"flux": str(flux)})
     folder = ws.root / "datasets" / "images"
     folder.mkdir(parents=True)
     img = sk.astronaut()
@@ -43,6 +45,7 @@ def make_workspace(root: Path, flux: Path, images: int):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--flux", help="a diffusers FLUX.1 folder (default: build the tiny one)")
+    ap.add_argument("--comfyui", help="a ComfyUI models folder: FLUX from its single files (instead of --flux)")
     ap.add_argument("--recipe", default="tiny-cpu")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--images", type=int, default=8)
@@ -58,7 +61,9 @@ def main() -> None:
     quiet_libraries()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        flux = Path(args.flux) if args.flux else tiny.build("flux", root / "models")
+        if args.comfyui:
+            os.environ["PERSONA_COMFYUI"] = args.comfyui
+        flux = Path(args.flux) if args.flux else None if args.comfyui else tiny.build("flux", root / "models")
         ws = make_workspace(root, flux, args.images)
         quiet = {"steps": args.steps, "sample_every": 0, "checkpoint_every": 0}
         s = resolve_settings(LoraSettings, "lora", args.recipe, quiet)
@@ -75,7 +80,7 @@ def main() -> None:
         train_lora(ws, s2, recipe=args.recipe, force=True, resume=False)
         extra_total = time.perf_counter() - t0
         print(json.dumps({
-            "flux": str(flux), "recipe": args.recipe, "steps": args.steps, "images": args.images,
+            "flux": str(flux) if flux else f"single files in {args.comfyui}", "recipe": args.recipe, "steps": args.steps, "images": args.images,
             "items": cold["items"], "buckets": cold["buckets"], "threads": torch.get_num_threads(),
             "cache_fill_s": round(cold_total - warm_total, 2),
             "train_steps_per_s": warm["steps_per_s"],

@@ -335,6 +335,10 @@ def train_lora(ctx: Ctx, recipe: str | None, steps: int | None, rank: int | None
     lora/NAME-flux-rRANK.safetensors and persona.toml's [lora] (runs/lora/RUN/likeness.json and
     likeness.png say why). Works under `accelerate launch` with several processes.
 
+    FLUX.1-dev comes from [models] flux (a diffusers folder), else from the single files of your
+    ComfyUI models folder ([models] comfyui: flux1-dev.safetensors, ae, clip_l, t5xxl; a GGUF
+    transformer cannot be trained on), else from the Hugging Face cache.
+
     \b
     Examples:
       persona train-lora

@@ -97,18 +97,21 @@ def transformers_model(cls: Any, file: Path, config: dict[str, Any], root: Path,
     """A transformers model from a single safetensors file in Hugging Face names: the file is linked
     beside its derived config, and from_pretrained reads both (no copy of the weights). ComfyUI's
     scaled fp8 files are dequantised first."""
-    shapes = tensor_shapes(file)
-    if "scaled_fp8" in shapes or any(k.endswith((".scale_weight", ".weight_scale")) for k in shapes):
+    if is_scaled_fp8(tensor_shapes(file)):
         return _scaled_fp8_model(cls, file, config, dtype)
     folder = _config_dir(root, name, config)
     (folder / "model.safetensors").symlink_to(file.resolve())
     return cls.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
 
 
-def _scaled_fp8_model(cls: Any, file: Path, config: dict[str, Any], dtype: Any) -> Any:
-    """A model from ComfyUI's scaled fp8 layout (e.g. t5xxl_fp8_e4m3fn_scaled.safetensors): each
-    linear weight is float8 times its `scale_weight` (newer files: `weight_scale`), which only
-    ComfyUI's own layers apply; here the weights are multiplied out into `dtype`."""
+def is_scaled_fp8(s: Shapes) -> bool:
+    """ComfyUI's scaled fp8 layout: float8 weights that mean nothing without their scales."""
+    return "scaled_fp8" in s or any(k.endswith((".scale_weight", ".weight_scale")) for k in s)
+
+
+def dequantized(file: Path, dtype: Any) -> dict[str, Any]:
+    """The tensors of a scaled fp8 file multiplied out into `dtype` (each weight times its
+    `scale_weight` / `weight_scale`, computed in float32), the scales and markers dropped."""
     import torch
     from safetensors.torch import load_file
 
@@ -120,7 +123,18 @@ def _scaled_fp8_model(cls: Any, file: Path, config: dict[str, Any], dtype: Any) 
             continue
         layer = key.removesuffix(".weight")
         scale = sd.get(f"{layer}.scale_weight", sd.get(f"{layer}.weight_scale")) if key.endswith(".weight") else None
-        out[key] = tensor.to(torch.float32) * scale.to(torch.float32) if scale is not None else tensor.to(torch.float32)
+        value = tensor.to(torch.float32) * scale.to(torch.float32) if scale is not None else tensor.to(torch.float32)
+        out[key] = value.to(dtype)
+    return out
+
+
+def _scaled_fp8_model(cls: Any, file: Path, config: dict[str, Any], dtype: Any) -> Any:
+    """A model from ComfyUI's scaled fp8 layout (e.g. t5xxl_fp8_e4m3fn_scaled.safetensors): each
+    linear weight is float8 times its `scale_weight` (newer files: `weight_scale`), which only
+    ComfyUI's own layers apply; here the weights are multiplied out into `dtype`."""
+    import torch
+
+    out = dequantized(file, torch.float32)
     with torch.device("meta"):
         model = cls(cls.config_class(**{k: v for k, v in config.items() if k != "model_type"}))
     model.load_state_dict(out, strict=False, assign=True)
@@ -153,8 +167,9 @@ def _split_single_blocks(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return done
 
 
-def load_flux_transformer(file: Path, folder: Path, dtype: Any) -> Any:
-    """FluxTransformer2DModel from BFL's single file (safetensors, or GGUF kept quantised)."""
+def load_flux_transformer(file: Path, folder: Path, dtype: Any, quantization_config: Any = None) -> Any:
+    """FluxTransformer2DModel from BFL's single file (safetensors, or GGUF kept quantised);
+    `quantization_config` (e.g. bitsandbytes NF4, for training) applies to a safetensors file."""
     from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig
     from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers, \
         load_single_file_checkpoint
@@ -162,40 +177,59 @@ def load_flux_transformer(file: Path, folder: Path, dtype: Any) -> Any:
     shapes = tensor_shapes(file)
     gguf = file.suffix.lower() == ".gguf"
     # load_single_file_checkpoint reads .safetensors with safetensors and .gguf with gguf-py (never pickle:
-    # comfy_files only offers those suffixes)
-    checkpoint = load_single_file_checkpoint(str(file), local_files_only=True)
+    # comfy_files only offers those suffixes); diffusers' converter would take a scaled fp8 file's
+    # float8 values without their scales, so those are multiplied out first
+    if is_scaled_fp8(shapes):
+        import torch
+
+        checkpoint = dequantized(file, dtype or torch.float32)
+    else:
+        checkpoint = load_single_file_checkpoint(str(file), local_files_only=True)
     for prefix in ("model.diffusion_model.", "diffusion_model."):
         checkpoint = {k.removeprefix(prefix): v for k, v in checkpoint.items()}
     split = _split_single_blocks(checkpoint)
     converted = convert_flux_transformer_checkpoint_to_diffusers(checkpoint)
     converted.update(split)
     config = _config_dir(folder, "transformer", flux_transformer_config(shapes))
+    device = None
+    if quantization_config is not None and not gguf:
+        from diffusers.quantizers import DiffusersAutoQuantizer
+
+        # from_pretrained creates quantised weights where the quantizer places them (bitsandbytes: on
+        # the current GPU); from_single_file does not ask it, so the same place is passed here
+        placed = DiffusersAutoQuantizer.from_config(quantization_config).update_device_map(None)
+        device = placed.get("") if placed else None
     return FluxTransformer2DModel.from_single_file(
-        converted, config=str(config), local_files_only=True, dtype=dtype,
-        quantization_config=GGUFQuantizationConfig(compute_dtype=dtype) if gguf else None)
+        converted, config=str(config), local_files_only=True, dtype=dtype, device=device,
+        quantization_config=GGUFQuantizationConfig(compute_dtype=dtype) if gguf else quantization_config)
 
 
 FLUX_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
 
 
-def flux_components(files: FluxFiles, dtype: Any, only: Collection[str] = FLUX_COMPONENTS) -> dict[str, Any]:
+def flux_components(files: FluxFiles, dtype: Any, only: Collection[str] = FLUX_COMPONENTS,
+                    quantization_config: Any = None) -> dict[str, Any]:
     """FluxPipeline's components (by its argument names) made of the single files in `files`; `only`
-    loads just those (training caches text with the encoders alone, then trains the transformer)."""
+    loads just those (training caches text with the encoders alone, then trains the transformer,
+    quantised by `quantization_config` when given)."""
     import diffusers.utils.logging
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
     from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
     diffusers.utils.logging.disable_progress_bar()
     out: dict[str, Any] = {}
-    clip_shapes = tensor_shapes(files.clip_l)
-    # ComfyUI's tokenizer config says 8192; CLIP reads as many tokens as it has positions (77)
-    tokenizer = CLIPTokenizer.from_pretrained(
-        str(files.clip_tokenizer), model_max_length=clip_shapes["text_model.embeddings.position_embedding.weight"][0])
-    tokenizer_2 = T5TokenizerFast.from_pretrained(str(files.t5_tokenizer))
+    tokenizer = tokenizer_2 = None  # read only for the text parts (training draws samples with the VAE alone)
+    if {"text_encoder", "tokenizer"} & set(only):
+        clip_shapes = tensor_shapes(files.clip_l)
+        # ComfyUI's tokenizer config says 8192; CLIP reads as many tokens as it has positions (77)
+        tokenizer = CLIPTokenizer.from_pretrained(
+            str(files.clip_tokenizer), model_max_length=clip_shapes["text_model.embeddings.position_embedding.weight"][0])
+    if {"text_encoder_2", "tokenizer_2"} & set(only):
+        tokenizer_2 = T5TokenizerFast.from_pretrained(str(files.t5_tokenizer))
     with tempfile.TemporaryDirectory(prefix="persona-flux-config-") as tmp:
         root = Path(tmp)
         if "transformer" in only:
-            out["transformer"] = load_flux_transformer(files.transformer, root, dtype)
+            out["transformer"] = load_flux_transformer(files.transformer, root, dtype, quantization_config)
         if "vae" in only:
             out["vae"] = AutoencoderKL.from_single_file(
                 str(files.vae), local_files_only=True, dtype=dtype,

@@ -12,7 +12,9 @@ kohya loads FLUX.1 from single files: the transformer from `flux1-dev.safetensor
 shards), the autoencoder from BFL's `ae.safetensors` (diffusers' `vae/` has other key names, which
 its loader would silently skip), CLIP-L from `text_encoder/model.safetensors` and T5-XXL from ONE
 file; diffusers' T5 is sharded, so the shards are joined once into the cache (or `kohya_t5xxl`
-names a file such as ComfyUI's `t5xxl_fp16.safetensors`). kohya has no NF4: recipes that use NF4
+names a file such as ComfyUI's `t5xxl_fp16.safetensors`). With FLUX from a ComfyUI models folder
+(`persona.train.flux_base`) its files are given to sd-scripts as they are (`comfy_model_files` says
+which it cannot read). kohya has no NF4: recipes that use NF4
 natively run with `--fp8_base` and their `kohya_blocks_to_swap`, as kohya's docs advise for 12 GB.
 
 Its LoRA keeps kohya's `lora_unet_*` key names (ComfyUI reads them natively; diffusers converts
@@ -35,13 +37,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TYPE_CHECKING
 
+from persona.comfy_files import FluxFiles, tensor_shapes
 from persona.errors import PersonaError
 from persona.files import atomic_path, stat_key, write_json, write_text
-from persona.models import locate
+from persona.models import locate, model_identity
 from persona.progress import info, meter, track, warn
 from persona.train.lora import LoraSettings, Scorer, sample_rows
 
 if TYPE_CHECKING:
+    from persona.train.flux_base import FluxBase
     from persona.workspace import Workspace
 
 OPTIMIZERS = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "adafactor": "Adafactor"}
@@ -50,8 +54,11 @@ SAMPLE_NAME = re.compile(r"_(\d{6})_(\d{2})_\d{14}(?:_\d+)?\.png$")
 PROGRESS = re.compile(r"steps:\s+\d+%.*?\|\s*(\d+)/(\d+)\s*\[([^\]]*)\]")
 
 
-def model_files(base: Path, s: LoraSettings, cache: Path) -> dict[str, str]:
-    """The single files sd-scripts loads FLUX.1 from (see the module docstring)."""
+def model_files(base: Path | FluxFiles, s: LoraSettings, cache: Path) -> dict[str, str]:
+    """The single files sd-scripts loads FLUX.1 from (see the module docstring): a diffusers folder's,
+    or the ComfyUI models folder's."""
+    if isinstance(base, FluxFiles):
+        return comfy_model_files(base, s, cache)
     transformer = next((p for p in (base / "flux1-dev.safetensors",
                                     base / "transformer" / "diffusion_pytorch_model-00001-of-00003.safetensors",
                                     base / "transformer" / "diffusion_pytorch_model.safetensors") if p.exists()), None)
@@ -81,6 +88,55 @@ def t5_file(base: Path, s: LoraSettings, cache: Path) -> Path:
     if not shards:
         raise PersonaError("T5-XXL weights are missing", file=folder, fix="fetch the complete model (`persona doctor`)")
     return join_shards(shards, cache / f"t5xxl-{stat_key(shards, folder)[:12]}.safetensors")
+
+
+def comfy_model_files(files: FluxFiles, s: LoraSettings, cache: Path) -> dict[str, str]:
+    """ComfyUI's FLUX files as sd-scripts reads them (library/flux_utils.py). Its loaders fill
+    models with `load_state_dict(strict=False)`, so a file they cannot read would train on random
+    weights without a word; those are refused, or rewritten once into the cache:
+    - the transformer: BFL names, `model.diffusion_model.` stripped, any dtype (fp8 included) cast on
+      load; a GGUF (refused before this) or a scaled fp8 file (its scales would be ignored) is not read;
+    - the VAE: only BFL's ae.safetensors names (diffusers' `encoder.down_blocks.*` would be skipped);
+    - CLIP-L: transformers' CLIPTextModel names with `text_model.`, which is how ComfyUI's clip_l holds it;
+    - T5-XXL: Hugging Face names as ComfyUI's t5xxl_fp16 (or `kohya_t5xxl`); a scaled fp8 T5 or CLIP
+      (t5xxl_fp8_e4m3fn_scaled) is multiplied out into an fp16 file in the cache, once."""
+    from persona.single_file import is_scaled_fp8
+    from persona.train.flux_base import gguf_refusal
+
+    if files.transformer.suffix.lower() == ".gguf":
+        raise gguf_refusal(files.transformer, files.transformer.parent.parent)
+    if is_scaled_fp8(tensor_shapes(files.transformer)):
+        raise PersonaError("is a scaled fp8 FLUX transformer; sd-scripts would ignore its scales", file=files.transformer,
+                           fix="put flux1-dev.safetensors (bf16, or plain fp8 e4m3fn) in diffusion_models/, "
+                               "or use --backend native")
+    if "encoder.down.0.block.0.conv1.weight" not in tensor_shapes(files.vae):
+        raise PersonaError("sd-scripts reads the FLUX VAE only in BFL's ae.safetensors layout (encoder.down.N.block.M), "
+                           "and this file has diffusers' names", file=files.vae,
+                           fix="put BFL's ae.safetensors (black-forest-labs/FLUX.1-dev) in vae/, or use --backend native")
+    t5 = Path(s.kohya_t5xxl).expanduser() if s.kohya_t5xxl else files.t5
+    if not t5.is_file():
+        raise PersonaError("kohya_t5xxl does not exist", file=t5, fix="point it at a T5-XXL .safetensors file")
+    return {"pretrained_model_name_or_path": str(files.transformer), "ae": str(files.vae),
+            "clip_l": str(unscaled(files.clip_l, cache)), "t5xxl": str(unscaled(t5, cache))}
+
+
+def unscaled(file: Path, cache: Path) -> Path:
+    """`file` itself, or for ComfyUI's scaled fp8 layout its weights multiplied out into an fp16 copy
+    in the cache (sd-scripts' loaders would read the fp8 values without their scales)."""
+    from persona.single_file import dequantized, is_scaled_fp8
+
+    if not is_scaled_fp8(tensor_shapes(file)):
+        return file
+    out = cache / f"{file.stem}-unscaled-{model_identity(file)[:12]}.safetensors"
+    if out.exists():
+        return out
+    import torch
+    from safetensors.torch import save_file
+
+    warn(f"multiplying out the scaled fp8 weights of {file.name} into {out} for sd-scripts (once)")
+    with atomic_path(out) as tmp:
+        save_file({k: v.contiguous() for k, v in dequantized(file, torch.float16).items()}, str(tmp))
+    return out
 
 
 def join_shards(shards: list[Path], out: Path) -> Path:
@@ -228,7 +284,7 @@ def latest_state(out_dir: Path) -> Path | None:
     return states[-1] if states else None
 
 
-def prepare(ws: Workspace, s: LoraSettings, base: Path, examples: list, run: Path, resume: bool | None,
+def prepare(ws: Workspace, s: LoraSettings, base: Path | FluxFiles, examples: list, run: Path, resume: bool | None,
             rows: list[str], keep_models: bool = False) -> dict[str, Any]:
     """Write everything sd-scripts needs under run/kohya/; returns the paths and the command line."""
     repo = locate("sd-scripts", models=ws.pack.models)
@@ -265,9 +321,9 @@ def prepare(ws: Workspace, s: LoraSettings, base: Path, examples: list, run: Pat
             "dataset_toml": dataset_toml, "args_toml": args_toml}
 
 
-def train_kohya(ws: Workspace, s: LoraSettings, base: Path, examples: list, run: Path,
+def train_kohya(ws: Workspace, s: LoraSettings, base: FluxBase, examples: list, run: Path,
                 resume: bool | None, scorer: Scorer | None = None) -> dict[str, Any]:
-    job = prepare(ws, s, base, examples, run, resume, sample_rows(s, ws.token), keep_models=scorer is not None)
+    job = prepare(ws, s, base.source, examples, run, resume, sample_rows(s, ws.token), keep_models=scorer is not None)
     if job["resume"] is not None:
         info(f"resuming sd-scripts from {job['resume'].name}; --restart starts over")
     info(f"running sd-scripts in {job['repo']}: {' '.join(job['cmd'])}")

@@ -27,7 +27,6 @@ from persona.errors import PersonaError
 from persona.files import atomic_path, hash_json, is_fresh, mark_fresh, read_json, record_path, write_json
 from persona.lock import locked
 from persona.device import fits, gpu_memory
-from persona.models import locate_entry
 from persona.progress import info, warn
 from persona.workspace import slugify
 
@@ -404,11 +403,11 @@ def train_lora(ws: Workspace, settings: LoraSettings, *, recipe: str | None = No
     Returns the summary on the main process and None on the others (under `accelerate launch`).
     """
     from persona.train import lora_data as data
+    from persona.train.flux_base import flux_base
 
     ws.require_consent("training")
     check_backend(settings, backend)
-    found = locate_entry("flux", models=ws.pack.models)
-    base = found.path
+    base = flux_base(ws.pack.models)  # a diffusers folder, or ComfyUI's single files; a GGUF is refused here
     vram, gpu = gpu_memory()
     check_vram(settings, recipe, vram, gpu)
     images = ws.pack.datasets.images
@@ -419,7 +418,7 @@ def train_lora(ws: Workspace, settings: LoraSettings, *, recipe: str | None = No
     if added and is_main_process():
         warn(f"{added} of {len(examples)} captions lacked the trigger token {ws.token}; it was put at their start")
     dhash = data.dataset_hash(examples)
-    key = hash_json({"settings": settings.trajectory(), "dataset": dhash, "base": str(base), "backend": backend,
+    key = hash_json({"settings": settings.trajectory(), "dataset": dhash, "base": base.identity(), "backend": backend,
                      "samples_per_step": settings.batch_size * settings.gradient_accumulation * world_size()})
     out = output_path(ws, settings)
     reference, no_reference = read_reference(ws, images)
@@ -451,7 +450,7 @@ def train_lora(ws: Workspace, settings: LoraSettings, *, recipe: str | None = No
         return None
     record = result.pop("likeness", None) or fallback_record(settings, pick, no_reference)
     chosen_step = record.get("chosen_step", settings.steps)
-    meta = {"persona.base_model": found.repo or str(base), "persona.rank": str(settings.rank),
+    meta = {"persona.base_model": base.name, "persona.rank": str(settings.rank),
             "persona.alpha": f"{settings.alpha:g}", "persona.trigger_token": ws.token,
             "persona.steps": str(chosen_step), "persona.dataset_hash": dhash, "persona.backend": backend,
             "persona.resolutions": ",".join(map(str, settings.resolutions)), "persona.name": ws.name}

@@ -14,14 +14,18 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from persona.device import free_memory
 from persona.errors import PersonaError
-from persona.files import atomic_path, hash_file, hash_json, stat_key
+from persona.files import atomic_path, hash_file, hash_json
 from persona.media import IMAGE_EXTS
 from persona.progress import track
+
+if TYPE_CHECKING:
+    from persona.train.flux_base import FluxBase
 
 
 @dataclass(frozen=True)
@@ -132,11 +136,6 @@ def load_pixels(path: Path, bucket: tuple[int, int]) -> torch.Tensor:
 
 
 # ---- the cache -----------------------------------------------------------------------------------
-def component_id(folder: Path) -> str:
-    """Identifies a model component (a 9 GB T5, say) by its files' names, sizes and times."""
-    return stat_key(sorted(p for p in folder.rglob("*") if p.is_file()), folder)
-
-
 def text_key(caption: str, text_id: str, max_tokens: int) -> str:
     return hash_json(["text", caption, text_id, max_tokens])
 
@@ -167,17 +166,16 @@ class Cache:
         return self.root / "text" / f"{key}.safetensors"
 
 
-def encode_texts(base: Path, prompts: dict[str, str], cache: Cache, max_tokens: int, device: torch.device,
+def encode_texts(base: FluxBase, prompts: dict[str, str], cache: Cache, max_tokens: int, device: torch.device,
                  dtype: torch.dtype, batch: int = 8) -> None:
     """T5 + CLIP embeddings of every prompt not yet cached ({key: prompt}); the encoders are freed after."""
     missing = {k: p for k, p in prompts.items() if not cache.text(k).exists()}
     if not missing:
         return
-    from diffusers import FluxPipeline
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()  # persona shows its own progress
-    pipe = FluxPipeline.from_pretrained(str(base), transformer=None, vae=None, dtype=dtype)
+    pipe = base.load("text", dtype)
     pipe.text_encoder.to(device)
     pipe.text_encoder_2.to(device)
     keys = list(missing)
@@ -194,15 +192,13 @@ def encode_texts(base: Path, prompts: dict[str, str], cache: Cache, max_tokens: 
         free_memory()
 
 
-def encode_latents(base: Path, examples: list[Example], items: list[Item], cache: Cache, device: torch.device,
+def encode_latents(base: FluxBase, examples: list[Example], items: list[Item], cache: Cache, device: torch.device,
                    dtype: torch.dtype) -> None:
     """VAE latents of every (image, bucket) not yet cached, scaled as the transformer sees them."""
     missing = {it.latent_key: it for it in items if not cache.latent(it.latent_key).exists()}
     if not missing:
         return
-    from diffusers import AutoencoderKL
-
-    vae = AutoencoderKL.from_pretrained(str(base), subfolder="vae", dtype=dtype).to(device).eval()
+    vae = base.load("vae", dtype).to(device).eval()
     shift, scale = vae.config.shift_factor or 0.0, vae.config.scaling_factor
     try:
         with torch.no_grad():
@@ -215,11 +211,3 @@ def encode_latents(base: Path, examples: list[Example], items: list[Item], cache
     finally:
         del vae
         free_memory()
-
-
-def vae_scale(base: Path) -> int:
-    """Pixels per latent cell, from the VAE's config (8 for FLUX.1)."""
-    import json
-
-    cfg = json.loads((base / "vae" / "config.json").read_text())
-    return 2 ** (len(cfg["block_out_channels"]) - 1)

@@ -38,13 +38,14 @@ from persona.files import atomic_path, hash_json, staged_dir, write_json
 from persona.models import load_weights
 from persona.progress import info, meter, warn
 from persona.train import lora_data as data
+from persona.train.flux_base import FluxBase
 from persona.train.lora import TARGET_MODULES, LoraSettings, Scorer, sample_rows
 
 if TYPE_CHECKING:
     from persona.workspace import Workspace
 
 
-def train_native(ws: Workspace, s: LoraSettings, base: Path, examples: list[data.Example], run: Path, key: str,
+def train_native(ws: Workspace, s: LoraSettings, base: FluxBase, examples: list[data.Example], run: Path, key: str,
                  resume: bool | None, on_step: Callable[..., None] | None = None,
                  scorer: Scorer | None = None) -> dict[str, Any] | None:
     """Train; with a `scorer` (main process, --pick likeness) score every sample grid, then return the
@@ -64,7 +65,6 @@ def train_native(ws: Workspace, s: LoraSettings, base: Path, examples: list[data
     compute = torch.bfloat16 if s.mixed_precision == "bf16" else torch.float32
     d = prepare_data(acc, ws, s, base, examples, compute)
 
-    torch.manual_seed(s.seed)  # the LoRA's initial weights: the same in every process and every run
     model = load_transformer(base, s, acc.device, compute)
     guidance_embeds = model.config.guidance_embeds
     params = [p for p in model.parameters() if p.requires_grad]
@@ -153,18 +153,17 @@ def pick_and_sweep(scorer: Scorer, sampler: "Sampler", model, final: dict[str, t
     return scorer.record(pick, scorer.sweep(pick["step"], draw))
 
 
-def prepare_data(acc, ws: Workspace, s: LoraSettings, base: Path, examples: list[data.Example],
+def prepare_data(acc, ws: Workspace, s: LoraSettings, base: FluxBase, examples: list[data.Example],
                  compute: torch.dtype) -> dict[str, Any]:
     """Fill the latent and text-embedding caches (the main process first, the others then find them)."""
-    step = 2 * data.vae_scale(base)  # latents are packed in 2x2 patches
+    step = 2 * base.vae_scale()  # latents are packed in 2x2 patches
     if s.bucket_step % step:
         raise PersonaError(f"bucket_step {s.bucket_step} must be a multiple of {step} for this VAE",
                            fix="change bucket_step (and resolutions) in the recipe")
     cache = data.Cache(ws.root / "cache" / "lora")
-    vae_id = hash_json([data.component_id(base / "vae"), str(compute)])
+    vae_id = hash_json([*base.component_ids("vae"), str(compute)])
     items = data.make_items(examples, s.resolutions, s.bucket_step, vae_id)
-    encoders = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
-    text_id = hash_json([data.component_id(base / e) for e in encoders] + [str(compute)])
+    text_id = hash_json([*base.component_ids("text"), str(compute)])
     rows = sample_rows(s, ws.token)
     prompts = {data.text_key(t, text_id, s.max_text_tokens): t for t in [e.caption for e in examples] + rows}
     with acc.main_process_first():
@@ -212,18 +211,18 @@ def stdout_to_stderr():
 
 
 # ---- the model -----------------------------------------------------------------------------------
-def load_transformer(base: Path, s: LoraSettings, device: torch.device, compute: torch.dtype):
-    from diffusers import FluxTransformer2DModel
+def load_transformer(base: FluxBase, s: LoraSettings, device: torch.device, compute: torch.dtype):
+    """The base transformer stored as the recipe says (from a diffusers folder or a single file alike)
+    with a fresh LoRA on it."""
     from peft import LoraConfig
 
-    kwargs: dict[str, Any] = {}
+    quantization = None
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(s.base_precision, compute)
     if s.base_precision == "nf4":
         from diffusers import BitsAndBytesConfig
 
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_compute_dtype=compute)
-    model = FluxTransformer2DModel.from_pretrained(str(base), subfolder="transformer", dtype=dtype, **kwargs)
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+    model = base.load("transformer", dtype, quantization_config=quantization)
     model.requires_grad_(False)
     if s.base_precision == "nf4":
         from peft import prepare_model_for_kbit_training
@@ -231,6 +230,8 @@ def load_transformer(base: Path, s: LoraSettings, device: torch.device, compute:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if s.gradient_checkpointing:
         model.enable_gradient_checkpointing()
+    # the LoRA's initial weights: the same in every process and every run, however the base was loaded
+    torch.manual_seed(s.seed)
     model.add_adapter(LoraConfig(r=s.rank, lora_alpha=s.alpha, lora_dropout=s.lora_dropout,
                                  init_lora_weights="gaussian", target_modules=TARGET_MODULES))
     for p in model.parameters():  # the LoRA trains in fp32 whatever the base weights are stored in
@@ -430,12 +431,12 @@ class Sampler:
     """Draws a grid (rows: prompts with and without the token; columns: fixed seeds) with the LoRA as
     trained so far, from text embeddings cached before the encoders were released."""
 
-    def __init__(self, base: Path, s: LoraSettings, cache: data.Cache, rows: list[str], text_id: str, acc, folder: Path,
+    def __init__(self, base: FluxBase, s: LoraSettings, cache: data.Cache, rows: list[str], text_id: str, acc, folder: Path,
                  dtype: torch.dtype):
         self.base, self.s, self.cache, self.rows, self.acc = base, s, cache, rows, acc
         self.folder, self.dtype = folder, dtype
         self.keys = [data.text_key(r, text_id, s.max_text_tokens) for r in rows]
-        self._vae = None
+        self._vae = self._scheduler = None
 
     def grid(self, model, step: int) -> str:
         from PIL import Image
@@ -455,14 +456,14 @@ class Sampler:
 
     def images(self, model, seeds: list[int]) -> list:
         """One PIL image per (row, seed), row by row, with the LoRA as it is now."""
-        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+        from diffusers import FluxPipeline
 
         if self._vae is None:
-            self._vae = AutoencoderKL.from_pretrained(str(self.base), subfolder="vae", dtype=self.dtype)
+            self._vae = self.base.load("vae", self.dtype)
             self._vae.to(self.acc.device).eval()
+            self._scheduler = self.base.load("scheduler")
         net = self.acc.unwrap_model(model)
-        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(self.base), subfolder="scheduler")
-        pipe = FluxPipeline(scheduler=scheduler, vae=self._vae, transformer=net, text_encoder=None, tokenizer=None,
+        pipe = FluxPipeline(scheduler=self._scheduler, vae=self._vae, transformer=net, text_encoder=None, tokenizer=None,
                             text_encoder_2=None, tokenizer_2=None)
         pipe.set_progress_bar_config(disable=True)
         size, images = self.s.sample_size, []
