@@ -104,29 +104,18 @@ def diagnose(workspace: Any | None = None, comfyui: list[dict[str, Any]] | None 
         path = _package_file(package, rel)
         bundled.append({"title": title, "stages": [stage], "found": path is not None, "path": str(path) if path else None,
                         "fetch": None if path else f"pip install {package.replace('_', '-')}"})
-    found_in_comfy = []
     for key, files in _comfy_single_files(models_table).items():  # the ComfyUI folder's files, per model
         entry = next(m for m in models if m["key"] == key)
         entry["single_files"] = files
-        if files["found"] and not entry["found"] and key in WHOLE_FROM_COMFY:
+        if files["found"] and not entry["found"]:
             entry.update(found=True, path=f"{files['folder']}: {files['files']}", source="[models] comfyui", fetch=None)
-        elif files["found"]:
-            found_in_comfy.append(f"{COMFY_USES[key]}: {files['files']}")
-        elif not entry["found"]:
+        elif not files["found"] and not entry["found"]:
             entry["problems"] = [*entry["problems"], f"[models] comfyui: {files['problem']}"]
-    if found_in_comfy:
-        comfy = next(m for m in models if m["key"] == "comfyui")
-        comfy["path"] = f"{comfy['path']} ({'; '.join(found_in_comfy)})"
     report = {"system": system, "models": models, "bundled": bundled,
               "verdict": _verdict(gpu, models, bundled, comfyui or [])}
     if comfyui:
         report["comfyui"] = comfyui
     return report
-
-
-COMFY_USES = {"flux": "FLUX for keyframes", "wan-i2v": "Wan image-to-video", "wan-flf2v": "Wan first-last-frame"}
-# models whose every stage runs from the ComfyUI folder's files: shown as found, from there
-WHOLE_FROM_COMFY = {"wan-i2v", "wan-flf2v"}
 
 
 def _comfy_single_files(models_table: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -199,8 +188,6 @@ def _verdict(gpu: dict[str, Any], models: list[dict[str, Any]], bundled: list[di
         "ingest: caption images with Florence-2" + ("" if "florence2" in have else " (token-only captions instead)"))
     (can if {"whisper", "align-en"} <= have else cannot).append(
         "ingest: transcribe voice clips" + ("" if {"whisper", "align-en"} <= have else " (clips stay untranscribed)"))
-    # keyframes and video also run from single files in the ComfyUI models folder
-    have = have | {m["key"] for m in models if (m.get("single_files") or {}).get("found")}
     vram = gpu.get("vram_gb") or 0
     for stage, need in GPU_STAGES.items():
         gpu_ok = bool(gpu.get("available")) and not (vram and vram < need)

@@ -235,7 +235,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(
             "comfyui",
             "a ComfyUI models folder: diffusers loads FLUX's and Wan 2.1's single files (safetensors or GGUF) from it",
-            ("render: keyframes", "render: video"),
+            ("train-lora", "render: keyframes", "render: video"),
             "those of the files in it",
             kind="folder",
             url="/path/to/ComfyUI/models",

@@ -155,8 +155,9 @@ def test_doctor_finds_flux_in_the_comfyui_folder_and_says_which_engine_draws_key
     flux, folder = (next(m for m in report["models"] if m["key"] == k) for k in ("flux", "comfyui"))
     files = "flux1-dev.safetensors, ae.safetensors, clip_l.safetensors, t5xxl_fp16.safetensors"
     assert flux["single_files"] == {"found": True, "files": files, "folder": str(comfy["models"])} and folder["found"]
-    assert folder["path"] == f"{comfy['models']} (FLUX for keyframes: {files})"
-    assert not flux["found"]  # train-lora still needs the diffusers folder
+    # train-lora and keyframes both take these files: FLUX is found, from the ComfyUI folder
+    assert flux["found"] and flux["path"] == f"{comfy['models']}: {files}" and flux["source"] == "[models] comfyui"
+    assert folder["path"] == str(comfy["models"])
     lines = report["verdict"]["can"] + report["verdict"]["cannot"]
     keyframes = next(c for c in lines if c.startswith("render: keyframes"))
     assert "flux" not in keyframes.split("unreachable")[0].replace("render: keyframes", "")  # FLUX is not missing
