@@ -63,15 +63,16 @@ class Server:
                 self.kill()
 
 
-def start(base: Path, timeout: float = 240.0) -> Server:
-    """Start ComfyUI with its folders under `base` (put model files in base/models/<kind>/ first)."""
+def start(base: Path, timeout: float = 240.0, args: tuple[str, ...] = ()) -> Server:
+    """Start ComfyUI with its folders under `base` (put model files in base/models/<kind>/ first) and
+    any more of its own command-line `args`."""
     for sub in ("custom_nodes", "models", "user", "output", "temp", "input"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = open(base / "server.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, str(SHARED_COMFYUI / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-         "--base-directory", str(base), "--database-url", "sqlite:///:memory:"],
+         "--base-directory", str(base), "--database-url", "sqlite:///:memory:", *args],
         stdout=log, stderr=subprocess.STDOUT, cwd=base, start_new_session=True,
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
     server = Server(f"http://127.0.0.1:{port}", base, proc)
@@ -115,10 +116,12 @@ def place_placeholders(models: Path, names: dict[str, list[str]]) -> None:
 # builds T5-XXL from comfy/text_encoders/t5_config_xxl.json (4.7 B parameters, 9.5 GB in fp16) whatever
 # the file holds: no tiny T5 can be loaded. The FLUX built here therefore takes CLIP-L's 768-wide
 # output as its text context (txt_in and vector_in are read from the file), loaded with
-# CLIPLoader(type="stable_diffusion").
-def build_comfy_flux(models: Path, lora: Path, seed: int = 0) -> dict[str, str]:
+# CLIPLoader(type="stable_diffusion"); with text_width=4096 it reads T5-XXL's, for the full graph
+# with the sparse full-size encoders below (tests/test_comfyui_render.py).
+def build_comfy_flux(models: Path, lora: Path, seed: int = 0, text_width: int = 768) -> dict[str, str]:
     """Random FLUX (diffusers layout, which UNETLoader converts), CLIP-L and FLUX-VAE files under
-    models/, and a random LoRA saved as the pack's is; returns {role: file name}."""
+    models/, and a random LoRA saved as the pack's is; returns {role: file name}. `text_width` is the
+    text context FLUX reads: CLIP-L's 768 by default, T5-XXL's 4096 for the full graph."""
     import torch
     from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
     from safetensors.torch import save_file
@@ -131,7 +134,7 @@ def build_comfy_flux(models: Path, lora: Path, seed: int = 0) -> dict[str, str]:
 
     with torch.device("meta"):  # shapes only: random values are drawn below, far faster than init
         flux = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
-                                      attention_head_dim=128, num_attention_heads=24, joint_attention_dim=768,
+                                      attention_head_dim=128, num_attention_heads=24, joint_attention_dim=text_width,
                                       pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
     state = {k: (torch.ones(v.shape, dtype=torch.bfloat16) if ".norm" in k and k.endswith("norm_q.weight")
                  or k.endswith("norm_k.weight") or k.endswith("norm_added_q.weight") or k.endswith("norm_added_k.weight")
@@ -165,3 +168,95 @@ def build_comfy_flux(models: Path, lora: Path, seed: int = 0) -> dict[str, str]:
                         layers_per_block=2, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
     save_file({k: v.half().contiguous() for k, v in vae.state_dict().items()}, str(models / "vae" / names["vae"]))
     return names
+
+
+
+# ------------------------------------------------------------------------------------------------
+# The encoders ComfyUI 0.8.0 only builds at full size, as sparse files
+# ------------------------------------------------------------------------------------------------
+# DualCLIPLoader(type=flux) builds T5-XXL (4.7 B parameters), CLIPLoader(type=wan) UMT5-XXL (5.7 B) and
+# CLIPVisionLoader CLIP ViT-H (0.63 B) from fixed configs, and leaves any tensor a file lacks
+# uninitialised: a file must hold every tensor at full size. Here their weights are zeros (layer norms
+# one, so no NaN), written as holes in a sparse file: 4.8 GB of T5 takes 0.3 s and no disk. The
+# encodings carry no meaning (zeros through every layer), but ComfyUI loads, casts and runs every
+# layer as it would the real files. safetensors' own writer writes every byte, so the header is laid
+# out here by the format's specification (8-byte length, JSON header, contiguous data).
+SAFETENSORS_BYTES = {"F8_E4M3": 1, "F16": 2, "BF16": 2, "F32": 4, "U8": 1}
+
+
+def write_sparse_safetensors(path: Path, specs: dict[str, tuple[str, tuple[int, ...]]],
+                             data: dict[str, bytes]) -> Path:
+    """A safetensors file of `specs` ({name: (dtype, shape)}) holding `data` where given, zeros (holes) elsewhere."""
+    import json
+    import struct
+
+    header, offset = {}, 0
+    for name, (dtype, shape) in specs.items():
+        size = SAFETENSORS_BYTES[dtype]
+        for d in shape:
+            size *= d
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        start = f.tell()
+        for name, payload in data.items():
+            assert len(payload) == header[name]["data_offsets"][1] - header[name]["data_offsets"][0], name
+            f.seek(start + header[name]["data_offsets"][0])
+            f.write(payload)
+        f.truncate(start + offset)
+    return path
+
+
+def _ones(dtype: str, n: int) -> bytes:
+    import torch
+
+    torch_dtype = {"F8_E4M3": torch.float8_e4m3fn, "F16": torch.float16}[dtype]
+    return torch.ones(n, dtype=torch_dtype).view(torch.uint8).numpy().tobytes()
+
+
+def t5_encoder_specs(vocab: int, bias_every_layer: bool, dtype: str = "F8_E4M3", layers: int = 24, width: int = 4096,
+                     ff: int = 10240, heads: int = 64) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """T5-XXL's encoder (vocab 32128, one relative attention bias) or UMT5-XXL's (vocab 256384, a bias
+    in every layer), in the Hugging Face names ComfyUI reads."""
+    s = {"shared.weight": (dtype, (vocab, width)), "encoder.final_layer_norm.weight": (dtype, (width,))}
+    for i in range(layers):
+        p = f"encoder.block.{i}.layer."
+        for x in "qkvo":
+            s[f"{p}0.SelfAttention.{x}.weight"] = (dtype, (width, width))
+        if i == 0 or bias_every_layer:
+            s[f"{p}0.SelfAttention.relative_attention_bias.weight"] = (dtype, (32, heads))
+        s[f"{p}0.layer_norm.weight"] = (dtype, (width,))
+        s[f"{p}1.DenseReluDense.wi_0.weight"] = (dtype, (ff, width))
+        s[f"{p}1.DenseReluDense.wi_1.weight"] = (dtype, (ff, width))
+        s[f"{p}1.DenseReluDense.wo.weight"] = (dtype, (width, ff))
+        s[f"{p}1.layer_norm.weight"] = (dtype, (width,))
+    return s
+
+
+def write_t5_encoder(path: Path, vocab: int, bias_every_layer: bool, spiece: bytes | None = None) -> Path:
+    specs = t5_encoder_specs(vocab, bias_every_layer)
+    data = {k: _ones("F8_E4M3", v[1][0]) for k, v in specs.items() if k.endswith("layer_norm.weight")}
+    if spiece is not None:  # as ComfyUI's umt5 files carry their tokenizer
+        specs["spiece_model"] = ("U8", (len(spiece),))
+        data["spiece_model"] = spiece
+    return write_sparse_safetensors(path, specs, data)
+
+
+def write_clip_vision_h(path: Path) -> Path:
+    """CLIP ViT-H/14 with its projection (comfy/clip_vision_config_h.json), in Hugging Face names."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    with torch.device("meta"):
+        model = CLIPVisionModelWithProjection(CLIPVisionConfig(
+            hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16, image_size=224,
+            patch_size=14, projection_dim=1024, hidden_act="gelu"))
+    specs = {k if k.startswith(("vision_model.", "visual_projection.")) else f"vision_model.{k}": ("F16", tuple(v.shape))
+             for k, v in model.state_dict().items()}
+    data = {k: _ones("F16", shape[0]) for k, (_, shape) in specs.items() if "layer_norm" in k or "layrnorm" in k
+            if k.endswith(".weight")}
+    return write_sparse_safetensors(path, specs, data)
