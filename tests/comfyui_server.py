@@ -260,3 +260,68 @@ def write_clip_vision_h(path: Path) -> Path:
     data = {k: _ones("F16", shape[0]) for k, (_, shape) in specs.items() if "layer_norm" in k or "layrnorm" in k
             if k.endswith(".weight")}
     return write_sparse_safetensors(path, specs, data)
+
+
+# Wan2.2-S2V and its wav2vec2 audio encoder have no diffusers or transformers class that writes
+# ComfyUI's names: their tensors are listed from ComfyUI's own modules (built on the meta device in
+# a child process, so the test process never imports ComfyUI), at the smallest width ComfyUI sizes S2V
+# to from the file (one 128-wide head, one layer) and wav2vec2-large's fixed size.
+_LIST_SHAPES = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+sys.argv = [sys.argv[0], "--cpu"]  # ComfyUI reads its flags on import: a CPU, as the test server runs
+import torch
+import comfy.options
+comfy.options.enable_args_parsing()
+import comfy.ops
+from comfy.ldm.wan.model import WanModel_S2V
+from comfy.audio_encoders.wav2vec2 import Wav2Vec2Model
+ops = comfy.ops.disable_weight_init
+with torch.device("meta"):
+    s2v = WanModel_S2V(dim=128, ffn_dim=64, num_heads=1, num_layers=1, in_dim=16, out_dim=16, operations=ops)
+    w2v = Wav2Vec2Model(embed_dim=1024, num_heads=16, num_layers=24, conv_norm=True, conv_bias=True, do_normalize=True,
+                        do_stable_layer_norm=True, operations=ops)
+print(json.dumps({name: {k: list(v.shape) for k, v in m.state_dict().items()} for name, m in (("s2v", s2v), ("wav2vec2", w2v))}))
+"""
+
+
+def comfy_module_shapes() -> dict[str, dict[str, list[int]]]:
+    import json
+
+    out = subprocess.run([sys.executable, "-c", _LIST_SHAPES, str(SHARED_COMFYUI)], capture_output=True, text=True,
+                         check=True, timeout=300)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def write_s2v(path: Path, shapes: dict[str, list[int]], seed: int = 0) -> Path:
+    """A tiny random Wan2.2-S2V in ComfyUI's names: matrices and modulations small and random, norm
+    scales one, biases zero."""
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for k, shape in shapes.items():
+        if len(shape) == 1 and k.endswith("bias"):
+            sd[k] = torch.zeros(shape)
+        elif len(shape) == 1:
+            sd[k] = torch.ones(shape)
+        else:
+            sd[k] = torch.randn(shape, generator=gen) * 0.02
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(path))
+    return path
+
+
+def write_wav2vec2_large(path: Path, shapes: dict[str, list[int]]) -> Path:
+    """wav2vec2-large at full size (ComfyUI's fixed config), sparse: zeros, norm scales one, and the
+    positional convolution's weight-norm direction random (a zero direction divides by zero)."""
+    import torch
+
+    specs = {k: ("F16", tuple(v)) for k, v in shapes.items()}
+    data = {k: _ones("F16", v[0]) for k, v in shapes.items() if len(v) == 1 and k.endswith("weight")}
+    g = "encoder.pos_conv_embed.conv.parametrizations.weight.original0"
+    v = "encoder.pos_conv_embed.conv.parametrizations.weight.original1"
+    data[g] = torch.ones(shapes[g], dtype=torch.float16).view(torch.uint8).numpy().tobytes()
+    data[v] = (torch.randn(shapes[v], generator=torch.Generator().manual_seed(0)) * 0.02).half().view(torch.uint8).numpy().tobytes()
+    return write_sparse_safetensors(path, specs, data)

@@ -1,13 +1,13 @@
 """`persona render --engine comfyui --comfyui-url URL` end to end on a real ComfyUI 0.8.0 (CPU), with
 persona's own graphs unchanged: FLUX + the pack's LoRA draws the keyframe, Wan 2.1 image-to-video
 (then first-last-frame) animates it, then lip sync, finishing and assembly run here as with the
-in-process engine.
+in-process engine; then the same scene as audio-driven talking video (Wan2.2-S2V with wav2vec2).
 
 ComfyUI sizes some models from fixed configs, not from the file (see comfyui_server), so the models
 here are as small as ComfyUI allows: a one-block FLUX (535 M parameters, the width is fixed), a
-one-layer Wan 2.1 (one 128-wide head), a narrow Wan VAE; and T5-XXL, UMT5-XXL and CLIP ViT-H at full
-size with zero weights, written as sparse files (no disk) and stored in fp8 by the server's own
-`--fp8_e4m3fn-text-enc`. Those encoders cost the server 11.6 GB at its peak and most of the render's
+one-layer Wan 2.1 and Wan2.2-S2V (one 128-wide head), a narrow Wan VAE; and T5-XXL, UMT5-XXL, CLIP
+ViT-H and wav2vec2-large at full size with zero weights, written as sparse files (no disk) and stored in fp8 by the server's own
+`--fp8_e4m3fn-text-enc`. Those encoders cost the server 11.8 GB at its peak and most of the render's
 2.5 minutes on 2 CPU cores (measured), so the test runs only where enough memory is free, and says so
 when it skips."""
 
@@ -26,7 +26,7 @@ import comfyui_server
 
 pytestmark = pytest.mark.slow
 
-NEEDS_GB = 16  # the server's measured peak (11.6 GB), this test's render (about 2 GB) and headroom
+NEEDS_GB = 16  # the server's measured peak (11.8 GB), this test's render (about 2 GB) and headroom
 
 
 def _free_gb() -> float:
@@ -71,6 +71,10 @@ def full_server(tmp_path_factory):
                                     added_kv_proj_dim=128, pos_embed_seq_len=positions)
         save_file({k: v.contiguous() for k, v in wan_to_original(wan.state_dict()).items()},
                   str(models / f"diffusion_models/{name}.safetensors"))
+    shapes = comfyui_server.comfy_module_shapes()  # Wan2.2-S2V and wav2vec2 as ComfyUI's own modules name them
+    comfyui_server.write_s2v(models / "diffusion_models/wan2.2_s2v_tiny.safetensors", shapes["s2v"])
+    comfyui_server.write_wav2vec2_large(models / "audio_encoders/wav2vec2_large_english_fp16.safetensors",
+                                        shapes["wav2vec2"])
     vae = AutoencoderKLWan(base_dim=8, z_dim=16)
     save_file({k: v.contiguous() for k, v in wan_vae_to_original(vae.state_dict()).items()},
               str(models / "vae/wan_2.1_vae.safetensors"))
@@ -108,11 +112,11 @@ def test_persona_render_with_the_comfyui_engine_makes_the_video(full_server, pac
 
     threading.Thread(target=watch, daemon=True).start()
 
-    def render(anchor: str) -> tuple[dict, float]:
+    def render(anchor: str, presenter: str = "generated") -> tuple[dict, float]:
         t0 = time.monotonic()
         out = subprocess.run([sys.executable, "-m", "persona", "-w", str(pack.root), "render", "--script", str(script),
                               "--profile", "demo", "--engine", "comfyui", "--comfyui-url", server.url, "--anchor", anchor,
-                              "--presenter", "generated", "--name", "comfy", "--json"],
+                              "--presenter", presenter, "--name", "comfy", "--json"],
                              capture_output=True, text=True, timeout=1800)
         assert out.returncode == 0, out.stderr[-3000:]
         return json.loads(out.stdout), time.monotonic() - t0
@@ -131,11 +135,20 @@ def test_persona_render_with_the_comfyui_engine_makes_the_video(full_server, pac
 
     # first-last anchoring: Wan's FLF2V graph on the server; the keyframe and the narration are kept
     summary, seconds = render("first-last")
-    done.set()
     print(f"render --anchor first-last: {seconds:.0f} s, ComfyUI's peak memory {peak[0]:.1f} GB")
     assert summary["stages"]["keyframes"]["reused"] == ["01"] and summary["stages"]["narration"]["reused"] == ["01"]
     video = read_json(rdir / "scenes/01/video.mp4.json")
     assert video["anchor"] == "first-last" and video["frames"] == narration["frames"]
+
+    # talking: audio-driven video from the keyframe and the narration (Wan2.2-S2V), no lip-sync pass after it
+    summary, seconds = render("first-last", presenter="talking")
+    done.set()
+    print(f"render --presenter talking: {seconds:.0f} s, ComfyUI's peak memory {peak[0]:.1f} GB")
+    assert summary["sources"] == {"01": "talking"} and summary["stages"]["keyframes"]["reused"] == ["01"]
+    video = read_json(rdir / "scenes/01/video.mp4.json")
+    assert video["source"] == "talking" and video["server"] == server.url and video["frames"] == narration["frames"]
+    assert probe(rdir / "final.mp4").duration == pytest.approx(narration["seconds"], abs=1.0)
     log = (server.base / "server.log").read_text(errors="replace")
     assert "lora key not loaded" not in log  # ComfyUI applied every tensor of the pack's LoRA
-    assert "clip missing" not in log  # every encoder tensor was in its file
+    for missing in ("clip missing", "unet missing", "missing audio encoder"):  # every tensor was in its file
+        assert missing not in log
