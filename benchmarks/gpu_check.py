@@ -317,6 +317,7 @@ def lora_row(ctx: Ctx, recipe: str, size: int) -> tuple[float, str, str]:
     train/lora_native.py's own model loading, optimizer and forward pass."""
     from persona.config import resolve_settings
     from persona.train.lora import LoraSettings
+    from persona.train.flux_base import FluxBase
     from persona.train.lora_native import flux_forward, load_transformer, make_optimizer
 
     note = ""
@@ -327,7 +328,7 @@ def lora_row(ctx: Ctx, recipe: str, size: int) -> tuple[float, str, str]:
     s = resolve_settings(LoraSettings, "lora", recipe, overrides)
     compute = torch.bfloat16 if s.mixed_precision == "bf16" else torch.float32
     flux = model(ctx, "flux")
-    net = load_transformer(flux, s, ctx.device, compute)
+    net = load_transformer(FluxBase(flux, str(flux)), s, ctx.device, compute)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = make_optimizer(s, params)
     latent = size // 8
