@@ -321,8 +321,10 @@ def load_wan_transformer(file: Path, config: Path, dtype: Any) -> Any:
     from diffusers.loaders.single_file_utils import load_single_file_checkpoint
 
     gguf = file.suffix.lower() == ".gguf"
-    checkpoint = {k.removeprefix("model.diffusion_model."): v
-                  for k, v in load_single_file_checkpoint(str(file), local_files_only=True).items()}
+    # ComfyUI's scaled fp8 files (wan2.1_i2v_480p_14B_fp8_scaled) mean nothing without their scales
+    loaded = dequantized(file, dtype) if not gguf and is_scaled_fp8(tensor_shapes(file)) else \
+        load_single_file_checkpoint(str(file), local_files_only=True)
+    checkpoint = {k.removeprefix("model.diffusion_model."): v for k, v in loaded.items()}
     if "img_emb.emb_pos" in checkpoint:
         checkpoint["condition_embedder.image_embedder.pos_embed"] = checkpoint.pop("img_emb.emb_pos")
     return WanTransformer3DModel.from_single_file(

@@ -493,3 +493,34 @@ def test_doctor_lists_the_wan_files_of_the_comfyui_folder_or_what_they_lack(comf
     i2v = next(m for m in doctor.diagnose()["models"] if m["key"] == "wan-i2v")
     assert not i2v["found"] and not i2v["single_files"]["found"]
     assert any(p.startswith("[models] comfyui:") and "no Wan 2.1 VAE that fits the transformer" in p for p in i2v["problems"])
+
+
+def test_a_scaled_fp8_wan_transformer_is_multiplied_out(comfy_wan_alone, tmp_path):
+    """Comfy-Org's wan2.1_i2v_480p_14B_fp8_scaled layout: float8 weights, each with its scale_weight;
+    read as raw float8 they would be up to 448 times too large."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from persona.comfy_files import wan_files_alone
+    from persona.inference.plan import Memory
+    from persona.inference.single_file import load_wan_single_files
+
+    c = _copy_tree(comfy_wan_alone, tmp_path)
+    fp16 = c.models / "diffusion_models/wan2.1_i2v_480p_14B_fp16.safetensors"
+    original = load_file(str(fp16))
+    scaled = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
+    for k, w in original.items():
+        if w.ndim == 2 and k.endswith(".weight"):
+            scale = w.float().abs().max() / 448
+            scaled[k], scaled[k.removesuffix(".weight") + ".scale_weight"] = (w.float() / scale).to(torch.float8_e4m3fn), scale
+        else:
+            scaled[k] = w
+    fp16.unlink()
+    save_file(scaled, str(c.models / "diffusion_models/wan2.1_i2v_480p_14B_fp8_scaled.safetensors"))
+    files = wan_files_alone("wan-i2v", c)
+    assert files.parts["transformer"].name == "wan2.1_i2v_480p_14B_fp8_scaled.safetensors"
+    pipe = load_wan_single_files(files, Memory())
+    w = original["model.diffusion_model.blocks.0.ffn.0.weight"]
+    loaded = pipe.transformer.blocks[0].ffn.net[0].proj.weight.detach()
+    # float8 keeps 3 mantissa bits: each weight within 1/16 of itself, far from the raw float8 values
+    assert ((loaded - w).abs() <= w.abs() / 16 + 1e-6).all() and loaded.abs().max() < 1
