@@ -10,7 +10,8 @@ Drops outlast a new selection: an image ingest that selects again (new footage o
 out every frame within the dedupe distance of a dropped one (the same moment, however often it
 recurs), and a voice ingest every clip overlapping a dropped one's stretch of its source; both carry
 `dropped.json` into the new dataset, so `keep` still works. The reference the likeness checks use
-(reference_face.json, reference_voice.json) is recomputed without what was dropped.
+(reference_face.json, reference_voice.json) is recomputed without what was dropped, from the
+per-entry embeddings ingest stored in it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from persona.errors import PersonaError
 from persona import likeness
 from persona.files import read_json, read_json_strict, write_json, write_text
 from persona.lock import locked
-from persona.progress import warn
 
 if TYPE_CHECKING:
     from persona.workspace import Workspace
@@ -123,29 +123,32 @@ def _rewrite(ws: Workspace, kind: str, folder: Path, manifest: list[dict[str, An
                             ws.path(img.REVIEW) / "contact_sheet.png")
     else:
         write_text(folder / "metadata.csv", vd._metadata([(folder / e["file"], e["text"]) for e in manifest if e.get("text")]))
-    _update_reference(ws, kind, folder, manifest)
+    _update_reference(kind, folder, manifest)
 
 
-def _update_reference(ws: Workspace, kind: str, folder: Path, manifest: list[dict[str, Any]]) -> None:
-    """The likeness reference from the kept entries alone. Faces: from the per-image embeddings ingest
-    stored (an older dataset without them keeps its reference). Voices: re-embedded from the kept clips
-    with the encoder that made the reference."""
+REFERENCE = {"images": "reference_face.json", "voice": "reference_voice.json"}
+
+
+def _reference(folder: Path, kind: str) -> dict[str, Any] | None:
+    """The dataset's likeness reference, when it holds each entry's embedding (`files`); an older
+    dataset without them keeps its reference as it is."""
+    record = read_json(folder / REFERENCE[kind], None)
+    return record if isinstance(record, dict) and isinstance(record.get("files"), dict) else None
+
+
+def _update_reference(kind: str, folder: Path, manifest: list[dict[str, Any]]) -> None:
+    """The likeness reference from the kept entries' stored embeddings alone (nothing re-embedded)."""
+    record = _reference(folder, kind)
+    if record is None:
+        return
+    have = {e["file"]: record["files"][e["file"]] for e in manifest if e["file"] in record["files"]}
+    if not have:
+        return
     if kind == "images":
-        path = folder / "reference_face.json"
-        record = read_json(path, None)
-        if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
-            return
-        have = {e["file"]: record["files"][e["file"]] for e in manifest if e["file"] in record["files"]}
-        if have:
-            likeness.write_reference_face(path, list(have.values()), record.get("backend", "dlib"), list(have))
-        return
-    if not (folder / "reference_voice.json").exists():
-        return
-    _, encoder, why = likeness.pack_reference_voice(ws)
-    if encoder is None:
-        warn(f"the reference voice is not recomputed: {why}")
-        return
-    likeness.write_reference_voice(folder / "reference_voice.json", [folder / e["file"] for e in manifest], encoder)
+        likeness.write_reference_face(folder / REFERENCE[kind], list(have.values()), record.get("backend", "dlib"),
+                                      list(have))
+    else:
+        likeness.write_voice_record(folder / REFERENCE[kind], record["encoder"], list(have.values()), list(have))
 
 
 @locked("dataset drop")
@@ -169,8 +172,7 @@ def drop(ws: Workspace, file: str | Path) -> dict[str, Any]:
     dropped = read_json(folder / DROPPED, [])
     as_name = _free_name(review, rel, {e.get("review_file", e["file"]) for e in dropped})
     _move(folder, rel, review, as_name, kind)
-    face = read_json(folder / "reference_face.json", {}) if kind == "images" else {}
-    embedding = (face.get("files") or {}).get(rel) if isinstance(face, dict) else None
+    embedding = ((_reference(folder, kind) or {}).get("files") or {}).get(rel)
     dropped.append(dict(entry, reason=REASON, dropped_at=dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                         review_file=as_name, **({"embedding": embedding} if embedding else {})))
     write_json(folder / DROPPED, dropped)  # first: a crash after it leaves the entry findable for `keep`
@@ -190,11 +192,9 @@ def keep(ws: Workspace, file: str | Path) -> dict[str, Any]:
     manifest = _manifest(folder)
     back = _free_name(folder, entry["file"], {e["file"] for e in manifest})
     _move(_review_dir(folder), entry.get("review_file", rel), folder, back, kind)
-    if kind == "images" and entry.get("embedding"):
-        face = folder / "reference_face.json"
-        record = read_json(face, None)
-        if isinstance(record, dict) and isinstance(record.get("files"), dict):
-            write_json(face, dict(record, files={**record["files"], back: entry["embedding"]}))
+    record = _reference(folder, kind)
+    if record is not None and entry.get("embedding"):
+        write_json(folder / REFERENCE[kind], dict(record, files={**record["files"], back: entry["embedding"]}))
     manifest.append({k: v for k, v in entry.items() if k not in ("reason", "dropped_at", "review_file", "embedding")}
                     | {"file": back})
     manifest.sort(key=lambda e: e["file"])

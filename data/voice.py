@@ -428,7 +428,8 @@ def ingest_voice(ws: Workspace, sources: list[Path], settings: VoiceIngestSettin
         report = vd.build_report(analysed, cands, kept, manifest, target, transcription, reference, strict, problems, settings)
         write_json(stage / "report.json", report)
         # The voice the likeness checks compare against (persona.likeness): every kept clip weighs the same.
-        likeness.write_reference_voice(stage / "reference_voice.json", [c.wav for c in kept], encoder)
+        likeness.write_reference_voice(stage / "reference_voice.json", [c.wav for c in kept], encoder,
+                                       [e["file"] for e in manifest])
         if by_hand:  # what was dropped by hand stays dropped (persona.data.review)
             write_json(stage / review.DROPPED, by_hand)
         shutil.rmtree(stage / "candidates", ignore_errors=True)

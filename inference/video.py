@@ -42,12 +42,13 @@ def resolve_model(ws: Workspace, anchor: str) -> tuple[str, Path | WanFiles, str
         flf = resolve_wan("wan-flf2v", ws.pack.models)
         if flf is not None:
             return anchor, flf, "wan-flf2v"
-        if resolve_wan("wan-i2v", ws.pack.models) is None:
+    i2v = resolve_wan("wan-i2v", ws.pack.models)
+    if anchor == "first-last":
+        if i2v is None:
             locate("wan-flf2v", models=ws.pack.models)  # raises with the fetch command
         warn("first-last anchoring needs the Wan FLF2V checkpoint (see `persona doctor`); "
              "anchoring every chunk by restarting from the keyframe instead", once=True)
         anchor = "restart"
-    i2v = resolve_wan("wan-i2v", ws.pack.models)
     return anchor, i2v if i2v is not None else locate("wan-i2v", models=ws.pack.models), "wan-i2v"
 
 

@@ -357,7 +357,7 @@ def wan_files(key: str, folder: Path, models: dict[str, str] | None = None) -> W
     return WanFiles(parts, folder, first_last=key == "wan-flf2v") if parts else None
 
 
-def _wan_transformer_widths(s: Shapes) -> tuple[int, int | None, int]:
+def wan_transformer_widths(s: Shapes) -> tuple[int, int | None, int]:
     """(text width, CLIP image width or None, latent channels) a Wan transformer file takes."""
     patch = s["patch_embedding.weight"][2:]
     channels = s["head.head.weight"][0] // (patch[0] * patch[1] * patch[2])
@@ -370,7 +370,7 @@ def wan_files_alone(key: str, comfy: ComfyModels) -> WanFiles:
     as ComfyUI's own umt5 files do), since no diffusers folder supplies one. Raises naming the part
     that is missing."""
     transformer = comfy.pick(WAN_PARTS[key])
-    text, image, channels = _wan_transformer_widths(tensor_shapes(transformer))
+    text, image, channels = wan_transformer_widths(tensor_shapes(transformer))
     return WanFiles({
         "transformer": transformer,
         "text_encoder": comfy.pick(WAN_PARTS["text_encoder"],

@@ -80,22 +80,41 @@ def voice_embedding(wav: np.ndarray, sr: int, encoder: Any = None) -> np.ndarray
 
 def reference_voice(wavs: Iterable[str | Path], encoder: Any = None) -> np.ndarray:
     """The unit mean of the clips' own embeddings (each clip weighs the same, however long)."""
-    from persona.media import read_audio
-    from persona.speakers import SAMPLE_RATE, unit
+    from persona.speakers import unit
 
-    per_clip = [voice_embedding(read_audio(w, SAMPLE_RATE), SAMPLE_RATE, encoder) for w in wavs]
+    per_clip = clip_embeddings(wavs, encoder)
     if not per_clip:
         raise ValueError("no clips to build a reference voice from")
     return unit(np.mean(per_clip, 0))
 
 
-def write_reference_voice(path: str | Path, wavs: list[str | Path], encoder: Any = None) -> Path:
+def clip_embeddings(wavs: Iterable[str | Path], encoder: Any = None) -> list[np.ndarray]:
+    from persona.media import read_audio
+    from persona.speakers import SAMPLE_RATE
+
+    return [voice_embedding(read_audio(w, SAMPLE_RATE), SAMPLE_RATE, encoder) for w in wavs]
+
+
+def write_reference_voice(path: str | Path, wavs: list[str | Path], encoder: Any = None,
+                          files: list[str] | None = None) -> Path:
+    """The reference voice of `wavs`; with `files` (the dataset clips they are), each clip's own
+    embedding too, so that a dropped clip leaves the reference without re-embedding the rest."""
     from persona.speakers import default_encoder
 
     encoder = encoder or default_encoder()
-    vector = reference_voice(track(wavs, "reference voice"), encoder)
-    return write_json(path, {"encoder": encoder.name, "clips": len(wavs),
-                             "embedding": [round(float(v), 6) for v in vector]})
+    return write_voice_record(path, encoder.name, clip_embeddings(track(wavs, "reference voice"), encoder), files)
+
+
+def write_voice_record(path: str | Path, encoder: str, per_clip: list, files: list[str] | None = None) -> Path:
+    from persona.speakers import unit
+
+    if not len(per_clip):
+        raise ValueError("no clips to build a reference voice from")
+    record: dict[str, Any] = {"encoder": encoder, "clips": len(per_clip),
+                              "embedding": [round(float(v), 6) for v in unit(np.mean(np.asarray(per_clip, np.float32), 0))]}
+    if files is not None:
+        record["files"] = {f: [round(float(v), 6) for v in e] for f, e in zip(files, per_clip, strict=True)}
+    return write_json(path, record)
 
 
 # ---- scores ----------------------------------------------------------------------------------

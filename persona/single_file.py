@@ -17,7 +17,7 @@ from pathlib import Path
 from collections.abc import Callable, Collection
 from typing import Any
 
-from persona.comfy_files import FluxFiles, Shapes, WanFiles, count_indices, tensor_shapes
+from persona.comfy_files import FluxFiles, Shapes, WanFiles, count_indices, tensor_shapes, wan_transformer_widths
 from persona.errors import PersonaError
 
 # FLUX.1-dev's and FLUX.1-schnell's scheduler_config.json (schnell: no guidance embedding, no shift)
@@ -263,14 +263,14 @@ def wan_scheduler_config(first_last: bool) -> dict[str, Any]:
 def wan_transformer_config(s: Shapes) -> dict[str, Any]:
     """WanTransformer3DModel settings of a transformer in the original Wan names."""
     dim, in_channels, *patch = s["patch_embedding.weight"]
+    text, image, out_channels = wan_transformer_widths(s)
     heads = max(1, dim // WAN_HEAD_DIM)  # a model narrower than one head (a test's) is one head wide
     return {"_class_name": "WanTransformer3DModel", "patch_size": patch, "num_attention_heads": heads,
-            "attention_head_dim": dim // heads, "in_channels": in_channels,
-            "out_channels": s["head.head.weight"][0] // (patch[0] * patch[1] * patch[2]),
-            "text_dim": s["text_embedding.0.weight"][1], "freq_dim": s["time_embedding.0.weight"][1],
+            "attention_head_dim": dim // heads, "in_channels": in_channels, "out_channels": out_channels,
+            "text_dim": text, "freq_dim": s["time_embedding.0.weight"][1],
             "ffn_dim": s["blocks.0.ffn.0.weight"][0], "num_layers": count_indices(s, r"blocks\.(\d+)\."),
             "cross_attn_norm": "blocks.0.norm3.weight" in s, "qk_norm": "rms_norm_across_heads", "eps": 1e-6,
-            "image_dim": s["img_emb.proj.0.weight"][0] if "img_emb.proj.0.weight" in s else None,
+            "image_dim": image,
             "added_kv_proj_dim": s["blocks.0.cross_attn.k_img.weight"][1] if "blocks.0.cross_attn.k_img.weight" in s else None,
             "rope_max_seq_len": WAN_ROPE_LENGTH,
             "pos_embed_seq_len": s["img_emb.emb_pos"][1] if "img_emb.emb_pos" in s else None}

@@ -301,6 +301,11 @@ def show(status: dict[str, Any]) -> None:
     def row(label: str, text: str) -> None:
         line(f"  [bold]{label:<10}[/bold] {text}")
 
+    def notes(part: dict) -> None:  # why a checkpoint was chosen, and its likeness plot
+        for extra in (part.get("reason"), part.get("plot") and f"plot: {part['plot']}"):
+            if extra:
+                line(f"             [dim]{e(str(extra))}[/dim]")
+
     line(f"[bold]{e(status['name'])}[/bold] (token {e(status['token'])}) in {e(status['workspace'])}")
     c = status["consent"]
     row("consent", "[red]none recorded[/red]" if c is None else
@@ -332,9 +337,7 @@ def show(status: dict[str, Any]) -> None:
         if lk.get("identity_distance") is not None:
             text += f", identity distance {lk['identity_distance']:.3f}"
         row("LoRA", e(text))
-        for extra in (lk.get("reason"), lk.get("plot") and f"plot: {lk['plot']}"):
-            if extra:
-                line(f"             [dim]{e(extra)}[/dim]")
+        notes(lk)
     v = status["voice"]
     if v is None:
         row("voice", "[dim]not trained (renders narrate zero-shot)[/dim]")
@@ -347,9 +350,7 @@ def show(status: dict[str, Any]) -> None:
             if v[key] is not None:
                 text += f", {label} {format(v[key], fmt)}"
         row("voice", e(text))
-        for extra in (v.get("reason"), v.get("plot") and f"plot: {v['plot']}"):
-            if extra:
-                line(f"             [dim]{e(str(extra))}[/dim]")
+        notes(v)
     r = status["render"]
     if r is None:
         row("render", "[dim]none yet[/dim]")
